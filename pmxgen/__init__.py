@@ -1,0 +1,40 @@
+"""pmxgen: population pharmacometrics with NONMEM-style data, NLME estimation and deep generative models.
+
+The public API is re-exported here; submodules are imported lazily.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "read_nonmem": "pmxgen.data",
+    "Dataset": "pmxgen.data",
+    "SubjectBatch": "pmxgen.data",
+    "DatasetError": "pmxgen.errors",
+    "ModelError": "pmxgen.errors",
+    "EstimationError": "pmxgen.errors",
+    "IntegrationError": "pmxgen.errors",
+    "DatasetWarning": "pmxgen.errors",
+    "ConvergenceWarning": "pmxgen.errors",
+    "get_model": "pmxgen.structural",
+    "ODEModel": "pmxgen.structural",
+    "simulate_dataset": "pmxgen.simulation",
+    "design_frame": "pmxgen.simulation",
+}
+_SUBMODULES = ("data", "structural", "simulation", "datasets", "errors")
+
+__all__ = sorted(list(_EXPORTS) + list(_SUBMODULES) + ["__version__"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"pmxgen.{name}")
+    raise AttributeError(f"module 'pmxgen' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,281 @@
+"""Validated records → padded per-subject tensors (:class:`SubjectBatch`).
+
+Record-order semantics (NONMEM's) are encoded in two numbers per event:
+
+``segment``
+    Counts the resets before an event within its subject: EVID 3, EVID 4 and SS=1
+    doses start a new segment (all amounts to zero). A dose acts only on
+    observations of its own segment.
+``order``
+    The position of the record within its subject (0-based). An observation
+    at the same time as a dose sees that dose only if the dose record comes first.
+    Additional (ADDL) doses get ``k + 0.5`` where ``k`` is the last record of the
+    segment at or before their time: an implied dose at the same time as a
+    record is given after it (a trough sample at a dosing time sees the
+    pre-dose level).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+from .reader import Records
+
+__all__ = ["ObservationTable", "DoseTable", "ResetTable", "SubjectBatch", "build_batch"]
+
+
+class _TensorGroup:
+    """Dataclass mixin: move every tensor field to a device / floating dtype."""
+
+    def to(self, device=None, dtype: torch.dtype | None = None):
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                new_dtype = dtype if (dtype is not None and value.is_floating_point()) else value.dtype
+                changes[f.name] = value.to(device=device if device is not None else value.device, dtype=new_dtype)
+            elif isinstance(value, _TensorGroup):
+                changes[f.name] = value.to(device, dtype)
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ObservationTable(_TensorGroup):
+    """Observation records (EVID 0, MDV 0), padded to ``[N, J]``.
+
+    ``row`` is the position of the record in :meth:`Dataset.to_frame` (-1 for padding);
+    ``covariates`` is ``[N, J, C]`` (the values on the record itself).
+    """
+
+    time: torch.Tensor
+    dv: torch.Tensor
+    cmt: torch.Tensor
+    order: torch.Tensor
+    segment: torch.Tensor
+    mask: torch.Tensor
+    row: torch.Tensor
+    blq: torch.Tensor
+    lloq: torch.Tensor
+    occasion: torch.Tensor
+    covariates: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DoseTable(_TensorGroup):
+    """Dose events after ADDL expansion, padded to ``[N, D]``.
+
+    ``rate`` is NONMEM's RATE (0 bolus, > 0 infusion rate, -1 modelled rate, -2 modelled
+    duration); ``implied`` marks additional (ADDL) doses; ``row`` is the dose record that
+    gave the event.
+    """
+
+    time: torch.Tensor
+    amt: torch.Tensor
+    cmt: torch.Tensor
+    rate: torch.Tensor
+    ss: torch.Tensor
+    ii: torch.Tensor
+    order: torch.Tensor
+    segment: torch.Tensor
+    mask: torch.Tensor
+    row: torch.Tensor
+    implied: torch.Tensor
+    occasion: torch.Tensor
+    covariates: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ResetTable(_TensorGroup):
+    """Records that set all amounts to zero (EVID 3, EVID 4, SS=1 doses), padded to ``[N, R]``.
+
+    ``segment`` is the segment the reset starts.
+    """
+
+    time: torch.Tensor
+    order: torch.Tensor
+    segment: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SubjectBatch(_TensorGroup):
+    """All subjects of a dataset as padded tensors on one device.
+
+    Attributes
+    ----------
+    obs, doses, resets : ObservationTable, DoseTable, ResetTable
+    baseline : torch.Tensor
+        ``[N, C]`` covariates of each subject's first record.
+    covariate_names : tuple of str
+    """
+
+    obs: ObservationTable
+    doses: DoseTable
+    resets: ResetTable
+    baseline: torch.Tensor
+    covariate_names: tuple[str, ...]
+
+    @property
+    def n_subjects(self) -> int:
+        return int(self.obs.time.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.obs.time.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.obs.time.dtype
+
+    def covariate_index(self, name: str) -> int:
+        """Column of covariate ``name`` in the covariate tensors (case-insensitive)."""
+        for k, c in enumerate(self.covariate_names):
+            if c.upper() == name.upper():
+                return k
+        raise KeyError(f"covariate {name!r} is not in the data; covariates are {', '.join(self.covariate_names)}")
+
+
+def _positions(subject: np.ndarray) -> np.ndarray:
+    """Position of each element within its (contiguous or not) subject group, in array order."""
+    order = np.argsort(subject, kind="stable")
+    sorted_subj = subject[order]
+    starts = np.r_[0, np.flatnonzero(sorted_subj[1:] != sorted_subj[:-1]) + 1]
+    counts = np.diff(np.r_[starts, len(subject)])
+    pos_sorted = np.arange(len(subject)) - np.repeat(starts, counts)
+    pos = np.empty(len(subject), dtype=np.int64)
+    pos[order] = pos_sorted
+    return pos
+
+
+def _pad(subject: np.ndarray, pos: np.ndarray, n: int, values: np.ndarray, fill, width: int | None = None) -> np.ndarray:
+    width = int(pos.max()) + 1 if len(pos) else 0
+    shape = (n, max(width, 1)) + values.shape[1:]
+    out = np.full(shape, fill, dtype=values.dtype)
+    out[subject, pos] = values
+    return out
+
+
+def build_batch(rec: Records, dtype: torch.dtype, device) -> tuple[SubjectBatch, np.ndarray]:
+    """Build padded tensors; returns the batch and the number of observations per subject."""
+    n_subj = len(rec.ids)
+    n_rec = len(rec.time)
+    cov_names = tuple(rec.covariates)
+    cov = (np.stack([rec.covariates[c] for c in cov_names], axis=1) if cov_names
+           else np.zeros((n_rec, 0)))
+    occ = rec.occasion if rec.occasion is not None else np.zeros(n_rec, dtype=np.int64)
+    rec_pos = _positions(rec.subject)
+    is_dose = np.isin(rec.evid, (1, 4))
+    starts_segment = np.isin(rec.evid, (3, 4)) | (is_dose & (rec.ss == 1))
+    segment = np.zeros(n_rec, dtype=np.int64)
+    for s in np.unique(rec.subject):
+        idx = rec.subject == s
+        segment[idx] = np.cumsum(starts_segment[idx])
+    is_obs = (rec.evid == 0) & (rec.mdv == 0)
+
+    # --- observations
+    o = np.flatnonzero(is_obs)
+    o_pos = _positions(rec.subject[o])
+    n_obs_per_subject = np.bincount(rec.subject[o], minlength=n_subj)
+
+    def pad_o(values, fill):
+        return _pad(rec.subject[o], o_pos, n_subj, values, fill)
+
+    obs = ObservationTable(
+        time=torch.as_tensor(pad_o(rec.time[o], 0.0), dtype=dtype),
+        dv=torch.as_tensor(pad_o(rec.dv[o], 0.0), dtype=dtype),
+        cmt=torch.as_tensor(pad_o(rec.cmt[o], 0)),
+        order=torch.as_tensor(pad_o(rec_pos[o].astype(np.float64), 0.0), dtype=dtype),
+        segment=torch.as_tensor(pad_o(segment[o], 0)),
+        mask=torch.as_tensor(pad_o(np.ones(len(o), dtype=bool), False)),
+        row=torch.as_tensor(pad_o(o.astype(np.int64), -1)),
+        blq=torch.as_tensor(pad_o(rec.blq[o], False)),
+        lloq=torch.as_tensor(pad_o(np.nan_to_num(rec.lloq[o], nan=0.0), 0.0), dtype=dtype),
+        occasion=torch.as_tensor(pad_o(occ[o], 0)),
+        covariates=torch.as_tensor(pad_o(cov[o], 0.0), dtype=dtype),
+    )
+
+    # --- doses: explicit records, then ADDL-implied doses
+    d = np.flatnonzero(is_dose)
+    cols = {"time": rec.time[d], "amt": rec.amt[d], "cmt": rec.cmt[d], "rate": rec.rate[d], "ss": rec.ss[d],
+            "ii": rec.ii[d], "order": rec_pos[d].astype(np.float64), "segment": segment[d], "row": d,
+            "implied": np.zeros(len(d), dtype=bool), "subject": rec.subject[d], "src": d}
+    implied = _implied_doses(rec, d, segment, rec_pos)
+    if implied is not None:
+        cols = {k: np.concatenate([cols[k], implied[k]]) for k in cols}
+    # sort each subject's doses by (segment, time, order)
+    key = np.lexsort((cols["order"], cols["time"], cols["segment"], cols["subject"]))
+    cols = {k: v[key] for k, v in cols.items()}
+    d_pos = _positions(cols["subject"])
+
+    def pad_d(values, fill):
+        return _pad(cols["subject"], d_pos, n_subj, values, fill)
+
+    doses = DoseTable(
+        time=torch.as_tensor(pad_d(cols["time"], 0.0), dtype=dtype),
+        amt=torch.as_tensor(pad_d(cols["amt"], 0.0), dtype=dtype),
+        cmt=torch.as_tensor(pad_d(cols["cmt"], 0)),
+        rate=torch.as_tensor(pad_d(cols["rate"], 0.0), dtype=dtype),
+        ss=torch.as_tensor(pad_d(cols["ss"], 0)),
+        ii=torch.as_tensor(pad_d(cols["ii"], 0.0), dtype=dtype),
+        order=torch.as_tensor(pad_d(cols["order"], 0.0), dtype=dtype),
+        segment=torch.as_tensor(pad_d(cols["segment"], 0)),
+        mask=torch.as_tensor(pad_d(np.ones(len(cols["time"]), dtype=bool), False)),
+        row=torch.as_tensor(pad_d(cols["row"].astype(np.int64), -1)),
+        implied=torch.as_tensor(pad_d(cols["implied"], False)),
+        occasion=torch.as_tensor(pad_d(occ[cols["src"]], 0)),
+        covariates=torch.as_tensor(pad_d(cov[cols["src"]], 0.0), dtype=dtype),
+    )
+
+    # --- resets
+    r = np.flatnonzero(starts_segment)
+    r_pos = _positions(rec.subject[r])
+
+    def pad_r(values, fill):
+        return _pad(rec.subject[r], r_pos, n_subj, values, fill)
+
+    resets = ResetTable(
+        time=torch.as_tensor(pad_r(rec.time[r], 0.0), dtype=dtype),
+        order=torch.as_tensor(pad_r(rec_pos[r].astype(np.float64), 0.0), dtype=dtype),
+        segment=torch.as_tensor(pad_r(segment[r], 0)),
+        mask=torch.as_tensor(pad_r(np.ones(len(r), dtype=bool), False)),
+    )
+    first = np.r_[0, np.flatnonzero(rec.subject[1:] != rec.subject[:-1]) + 1]
+    baseline = torch.as_tensor(cov[first], dtype=dtype)
+    batch = SubjectBatch(obs=obs, doses=doses, resets=resets, baseline=baseline, covariate_names=cov_names)
+    return batch.to(device=device), n_obs_per_subject
+
+
+def _implied_doses(rec: Records, d: np.ndarray, segment: np.ndarray, rec_pos: np.ndarray) -> dict | None:
+    """Expand ADDL into dose events; an implied dose is given after records at the same time.
+
+    Implied doses later than the last record of a segment that a reset ends are cancelled
+    by the reset (they could act on nothing in their segment).
+    """
+    parents = d[rec.addl[d] > 0]
+    if len(parents) == 0:
+        return None
+    group = rec.subject * (int(segment.max()) + 1) + segment   # contiguous in file order
+    out: dict[str, list] = {k: [] for k in ("time", "order", "src")}
+    par: list[int] = []
+    for p in parents:
+        g_idx = np.flatnonzero(group == group[p])
+        g_times = rec.time[g_idx]
+        last_segment = segment[p] == segment[rec.subject == rec.subject[p]].max()
+        k = np.arange(1, rec.addl[p] + 1)
+        times = rec.time[p] + k * rec.ii[p]
+        if not last_segment:
+            times = times[times <= g_times[-1]]
+        at = np.searchsorted(g_times, times, side="right") - 1
+        src = g_idx[at]
+        out["time"].append(times)
+        out["order"].append(rec_pos[src] + 0.5)
+        out["src"].append(src)
+        par.append(np.full(len(times), p))
+    parent = np.concatenate(par)
+    return {"time": np.concatenate(out["time"]), "amt": rec.amt[parent], "cmt": rec.cmt[parent],
+            "rate": rec.rate[parent], "ss": np.zeros(len(parent), dtype=np.int64), "ii": rec.ii[parent],
+            "order": np.concatenate(out["order"]), "segment": segment[parent], "row": parent,
+            "implied": np.ones(len(parent), dtype=bool), "subject": rec.subject[parent],
+            "src": np.concatenate(out["src"])}
