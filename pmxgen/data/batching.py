@@ -149,7 +149,7 @@ def _positions(subject: np.ndarray) -> np.ndarray:
     return pos
 
 
-def _pad(subject: np.ndarray, pos: np.ndarray, n: int, values: np.ndarray, fill, width: int | None = None) -> np.ndarray:
+def _pad(subject: np.ndarray, pos: np.ndarray, n: int, values: np.ndarray, fill) -> np.ndarray:
     width = int(pos.max()) + 1 if len(pos) else 0
     shape = (n, max(width, 1)) + values.shape[1:]
     out = np.full(shape, fill, dtype=values.dtype)
@@ -168,10 +168,11 @@ def build_batch(rec: Records, dtype: torch.dtype, device) -> tuple[SubjectBatch,
     rec_pos = _positions(rec.subject)
     is_dose = np.isin(rec.evid, (1, 4))
     starts_segment = np.isin(rec.evid, (3, 4)) | (is_dose & (rec.ss == 1))
-    segment = np.zeros(n_rec, dtype=np.int64)
-    for s in np.unique(rec.subject):
-        idx = rec.subject == s
-        segment[idx] = np.cumsum(starts_segment[idx])
+    # cumulative resets within each (contiguous) subject, without a loop over subjects
+    cum = np.cumsum(starts_segment)
+    first_of_subject = np.r_[True, rec.subject[1:] != rec.subject[:-1]]
+    before_subject = np.where(first_of_subject, cum - starts_segment, 0)
+    segment = (cum - np.maximum.accumulate(before_subject)).astype(np.int64)
     is_obs = (rec.evid == 0) & (rec.mdv == 0)
 
     # --- observations

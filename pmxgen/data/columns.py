@@ -52,8 +52,10 @@ class ColumnMap:
 
 
 def resolve_columns(header: list[str], mapping: Mapping[str, str] | None, covariates: list[str] | None,
-                    source: str) -> ColumnMap:
+                    source: str, *, header_row: int | None = 1) -> ColumnMap:
     """Match a file header to canonical names (case-insensitively) and pick covariates.
+
+    ``header_row`` is the row named in messages (the header's file line; None for a DataFrame).
 
     Raises
     ------
@@ -64,7 +66,7 @@ def resolve_columns(header: list[str], mapping: Mapping[str, str] | None, covari
     for col in header:
         key = col.upper()
         if key in seen:
-            raise DatasetError("the header names a column twice", source=source, row=1, column=col,
+            raise DatasetError("the header names a column twice", source=source, row=header_row, column=col,
                                value=col, fix="rename one of the two columns")
         seen[key] = col
     standard: dict[str, str] = {}
@@ -75,7 +77,7 @@ def resolve_columns(header: list[str], mapping: Mapping[str, str] | None, covari
                                column=target, fix=f"use one of {', '.join(STANDARD_COLUMNS)}")
         if target.upper() not in seen:
             raise DatasetError(f"the column mapping sends {canon_u} to a column that is not in the file",
-                               source=source, row=1, column=target, value=target,
+                               source=source, row=header_row, column=target, value=target,
                                fix=f"the file's columns are {', '.join(header)}")
         standard[canon_u] = seen[target.upper()]
     mapped_targets = {v.upper() for v in standard.values()}
@@ -88,7 +90,7 @@ def resolve_columns(header: list[str], mapping: Mapping[str, str] | None, covari
                 break
     for canon in REQUIRED_COLUMNS:
         if canon not in standard:
-            raise DatasetError(f"required column {canon} is missing", source=source, row=1, column=canon,
+            raise DatasetError(f"required column {canon} is missing", source=source, row=header_row, column=canon,
                                fix=(f"add a {canon} column, or map an existing one with "
                                     f"columns={{'{canon}': 'your_name'}}; the file's columns are "
                                     f"{', '.join(header)}"))
@@ -99,7 +101,7 @@ def resolve_columns(header: list[str], mapping: Mapping[str, str] | None, covari
         covs = []
         for c in covariates:
             if c.upper() not in seen:
-                raise DatasetError("a requested covariate is not a column of the file", source=source, row=1,
+                raise DatasetError("a requested covariate is not a column of the file", source=source, row=header_row,
                                    column=c, value=c, fix=f"the file's columns are {', '.join(header)}")
             covs.append(seen[c.upper()])
         covs = tuple(covs)

@@ -8,6 +8,7 @@ and every data row is returned by :meth:`Dataset.to_frame`.
 """
 from __future__ import annotations
 
+import csv
 import io
 import os
 import re
@@ -57,8 +58,18 @@ class Records:
     columns: ColumnMap
 
 
-def _read_cells(path: str, sep: str | None, ignore: str | Sequence[str]) -> tuple[pd.DataFrame, np.ndarray, list]:
-    """Split a text file into string cells; returns (cells, file line of each row, ignored lines)."""
+def _split_fields(line: str, sep: str) -> list[str] | None:
+    """The fields of one line (quotes respected), or None for a separator we cannot split simply."""
+    if sep == r"\s+":
+        return line.split()
+    if len(sep) == 1:
+        return next(csv.reader([line], delimiter=sep, skipinitialspace=True), [])
+    return None
+
+
+def _read_cells(path: str, sep: str | None,
+                ignore: str | Sequence[str]) -> tuple[pd.DataFrame, np.ndarray, list, int]:
+    """Split a text file into string cells; returns (cells, file line of each row, ignored lines, header line)."""
     try:
         text = Path(path).read_text()
     except UnicodeDecodeError as exc:
@@ -92,6 +103,23 @@ def _read_cells(path: str, sep: str | None, ignore: str | Sequence[str]) -> tupl
                            fix="add data records below the header")
     if sep is None:
         sep = "," if "," in header_line[1] else r"\s+"
+    # Check the header and the field counts here: pandas silently renames a duplicated column
+    # ('AMT' -> 'AMT.1'), pads a short record with empty cells and, when every record has one
+    # field more than the header, turns the first column into the index.
+    header_fields = _split_fields(header_line[1], sep)
+    if header_fields is not None:
+        names = [f.strip().strip('"') for f in header_fields]
+        seen: set[str] = set()
+        for name in names:
+            if name.upper() in seen:
+                raise DatasetError("the header names a column twice", source=path, row=header_line[0], column=name,
+                                   value=name, fix="rename one of the two columns")
+            seen.add(name.upper())
+        for number, line in data:
+            fields_ = _split_fields(line.strip() if sep == r"\s+" else line, sep)
+            if len(fields_) != len(names):
+                raise DatasetError(f"the record has {len(fields_)} fields but the header has {len(names)}",
+                                   source=path, row=number, fix="check the separators and empty fields on that line")
     body = "\n".join([header_line[1]] + [d[1].strip() if sep == r"\s+" else d[1] for d in data])
     try:
         cells = pd.read_csv(io.StringIO(body), sep=sep, dtype=str, keep_default_na=False,
@@ -108,27 +136,41 @@ def _read_cells(path: str, sep: str | None, ignore: str | Sequence[str]) -> tupl
     for c in cells.columns:
         cells[c] = cells[c].str.strip().str.strip('"')
     rows = np.array([d[0] for d in data], dtype=np.int64)
-    return cells, rows, ignored
+    return cells, rows, ignored, header_line[0]
 
 
 def _frame_to_cells(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """Turn a typed DataFrame into string cells; NaN becomes NONMEM's '.' (missing)."""
     if len(frame) == 0:
         raise DatasetError("the DataFrame has no rows", fix="give a DataFrame with data records")
+    names = [str(c) for c in frame.columns]
+    seen: set[str] = set()
+    for name in names:
+        if name.upper() in seen:
+            raise DatasetError("the DataFrame names a column twice", column=name, value=name,
+                               fix="rename one of the two columns")
+        seen.add(name.upper())
     cells = pd.DataFrame(index=range(len(frame)))
-    for col in frame.columns:
-        values = frame[col]
+    for j, name in enumerate(names):
+        values = frame.iloc[:, j]
         if pd.api.types.is_float_dtype(values):
-            arr = values.to_numpy(dtype=np.float64)
-            cells[str(col)] = [("." if np.isnan(v) else repr(float(v))) for v in arr]
+            arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            cells[name] = [("." if np.isnan(v) else repr(float(v))) for v in arr]
         else:
-            cells[str(col)] = ["." if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v).strip()
-                               for v in values.tolist()]
+            cells[name] = ["." if _is_missing(v) else str(v).strip() for v in values.tolist()]
     try:
         rows = np.asarray(frame.index, dtype=np.int64)
     except (TypeError, ValueError):
         rows = np.arange(len(frame), dtype=np.int64)
     return cells, rows
+
+
+def _is_missing(v: object) -> bool:
+    """None, NaN, pandas.NA or NaT (the missing marks of a DataFrame cell)."""
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def _integer_check(values: np.ndarray, column: str, source: str, rows: np.ndarray, allowed: Sequence[int] | None,
@@ -157,9 +199,12 @@ def _fail(mask: np.ndarray, problem: str, records_source: str, rows: np.ndarray,
 
 def validate_records(cells: pd.DataFrame, rows: np.ndarray, source: str, columns: Mapping[str, str] | None,
                      covariates: list[str] | None, categorical: Sequence[str] | None,
-                     occasion: str | None) -> Records:
-    """Type and check every record (NONMEM rules); raise :class:`DatasetError` on the first problem."""
-    cmap = resolve_columns(list(cells.columns), columns, covariates, source)
+                     occasion: str | None, header_row: int | None = 1) -> Records:
+    """Type and check every record (NONMEM rules); raise :class:`DatasetError` on the first problem.
+
+    ``header_row`` is the row named in messages about the header (its file line; None for a DataFrame).
+    """
+    cmap = resolve_columns(list(cells.columns), columns, covariates, source, header_row=header_row)
     col = cmap.standard
     n = len(cells)
 
@@ -220,9 +265,12 @@ def validate_records(cells: pd.DataFrame, rows: np.ndarray, source: str, columns
           col.get("II", "II"), ii, "set II > 0 on that record, or ADDL to 0")
     _fail((ss > 0) & (ii <= 0), "SS without II: a steady-state dose needs its dosing interval", source, rows,
           col.get("II", "II"), ii, "set II > 0 on that record, or SS to 0")
-    _fail(~is_dose & ((ss > 0) | (addl > 0)), "SS or ADDL on a record that is not a dose", source, rows,
-          col.get("SS", "SS") if (ss > 0).any() else col.get("ADDL", "ADDL"), np.maximum(ss, addl),
-          "set them to 0, or make the record a dose")
+    ss_addl = ~is_dose & ((ss > 0) | (addl > 0))
+    if ss_addl.any():   # name the column set on the first offending record itself
+        i = int(np.flatnonzero(ss_addl)[0])
+        name, values = ("SS", ss) if ss[i] > 0 else ("ADDL", addl)
+        _fail(np.arange(n) == i, "SS or ADDL on a record that is not a dose", source, rows, col.get(name, name),
+              values, "set them to 0, or make the record a dose")
     bad_rate = (rate < 0) & ~np.isin(rate, (-1, -2))
     _fail(bad_rate, "RATE must be > 0 (infusion), 0 (bolus), -1 (modelled rate R) or -2 (modelled duration D)", source,
           rows, col.get("RATE", "RATE"), rate, "correct the RATE value")
@@ -253,11 +301,12 @@ def validate_records(cells: pd.DataFrame, rows: np.ndarray, source: str, columns
           "sort each subject's records by time (time may go back only at a reset record, EVID 3 or 4)")
 
     ids = [_id_value(v) for v in first_index]
-    covs, categories = _covariates(cells, cmap, rows, source, categorical)
+    covs, categories = _covariates(cells, cmap, rows, source, categorical, header_row)
     occ, occ_labels = (None, None)
     if occasion is not None:
         if occasion.upper() not in {c.upper() for c in cells.columns}:
-            raise DatasetError("the occasion column is not in the file", source=source, row=1, column=occasion,
+            raise DatasetError("the occasion column is not in the file", source=source, row=header_row,
+                               column=occasion,
                                fix=f"the file's columns are {', '.join(cells.columns)}")
         occ_col = next(c for c in cells.columns if c.upper() == occasion.upper())
         occ_codes, occ_labels_index = pd.factorize(cells[occ_col].astype(str).str.strip(), sort=True)
@@ -278,11 +327,12 @@ def _id_value(v: str) -> object:
 
 
 def _covariates(cells: pd.DataFrame, cmap: ColumnMap, rows: np.ndarray, source: str,
-                categorical: Sequence[str] | None) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+                categorical: Sequence[str] | None,
+                header_row: int | None = 1) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     cat_upper = {c.upper() for c in (categorical or [])}
     missing = cat_upper - {c.upper() for c in cmap.covariates}
     if missing:
-        raise DatasetError("a categorical column is not a covariate of the file", source=source, row=1,
+        raise DatasetError("a categorical column is not a covariate of the file", source=source, row=header_row,
                            column=sorted(missing)[0], fix=f"covariates are {', '.join(cmap.covariates)}")
     covs: dict[str, np.ndarray] = {}
     categories: dict[str, list] = {}
@@ -379,15 +429,15 @@ def read_nonmem(data: str | os.PathLike | pd.DataFrame, *, columns: Mapping[str,
 
     if isinstance(data, pd.DataFrame):
         cells, rows = _frame_to_cells(data)
-        source, ignored = "<DataFrame>", []
+        source, ignored, header_row = "<DataFrame>", [], None
         frame_columns = list(map(str, data.columns))
     else:
         source = str(data)
         if not Path(source).exists():
             raise DatasetError("the file does not exist", source=source, fix="check the path")
-        cells, rows, ignored = _read_cells(source, sep, ignore)
+        cells, rows, ignored, header_row = _read_cells(source, sep, ignore)
         frame_columns = list(cells.columns)
-    records = validate_records(cells, rows, source, columns, covariates, categorical, occasion)
+    records = validate_records(cells, rows, source, columns, covariates, categorical, occasion, header_row)
     frame = _typed_frame(cells)
     frame.columns = frame_columns
     options = {"columns": dict(records.columns.standard), "covariates": list(records.columns.covariates),
@@ -404,4 +454,4 @@ def warn_subjects_without_observations(records: Records, n_obs_per_subject: np.n
         warnings.warn(DatasetWarning(
             f"{records.source}, row {first_row}, column {records.columns.standard['ID']}: {len(empty)} subject(s) "
             f"have no observations ({names}); they are kept (they add nothing to a likelihood but are simulated)"),
-            stacklevel=3)
+            stacklevel=4)

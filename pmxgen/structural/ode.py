@@ -7,8 +7,10 @@ time, record order). Between consecutive events every subject's interval
 so that one ``odeint`` call advances all subjects at once whatever their own times:
 the Python loop runs over event index, never over subjects.
 
-Steady state (SS=1/2) is found by integrating dosing cycles (lag, dose, infusion, rest of
-the interval) until the amounts at the start of a cycle stop changing; SS=1 replaces the
+Steady state (SS=1/2) is the fixed point of the dosing-cycle map (lag, dose, infusion, rest
+of the interval), found by Newton's method with the map's Jacobian from autograd (exact in
+one step for linear systems); a last Newton step taken with gradients on gives the
+implicit-function derivative. SS=1 replaces the
 amounts by the steady-state ones, SS=2 adds them (NONMEM's definitions).
 """
 from __future__ import annotations
@@ -53,8 +55,11 @@ class ODEModel(StructuralModel):
         Tolerances of adaptive solvers.
     max_steps : int
         Step limit per interval of adaptive solvers; exceeded → :class:`IntegrationError` (stiffness).
+    fixed_steps : int
+        Steps per interval between events for fixed-step solvers (``"rk4"``, ``"euler"``, ``"midpoint"``).
     ss_rtol, ss_max_cycles : float, int
-        Convergence tolerance and cycle limit of the steady-state iteration.
+        Convergence tolerance and iteration limit of the steady-state Newton iteration on the
+        dosing-cycle map (one iteration for linear systems).
     initial : callable, optional
         ``initial(p) -> [B, n_cmt]`` amounts at the start and after a reset (EVID 3/4, SS=1);
         zero by default. Use it for turnover models (e.g. response baseline KIN/KOUT).
@@ -74,7 +79,8 @@ class ODEModel(StructuralModel):
     def __init__(self, rhs: RHS, compartments: tuple[str, ...], parameters: tuple[str, ...], *,
                  default_dose_cmt: int = 1, default_obs_cmt: int = 1, scale: Mapping[int, str] | None = None,
                  method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-10, max_steps: int = 20000,
-                 ss_rtol: float = 1e-10, ss_max_cycles: int = 2000, initial: Callable | None = None,
+                 fixed_steps: int = 50,
+                 ss_rtol: float = 1e-10, ss_max_cycles: int = 50, initial: Callable | None = None,
                  name: str = "ode") -> None:
         if not compartments:
             raise ModelError("an ODE model needs at least one compartment")
@@ -88,7 +94,10 @@ class ODEModel(StructuralModel):
         self.parameters = tuple(parameters)
         self.default_dose_cmt, self.default_obs_cmt = default_dose_cmt, default_obs_cmt
         self.scale = dict(scale or {})
+        if fixed_steps < 1:
+            raise ModelError("fixed_steps must be >= 1")
         self.method, self.rtol, self.atol, self.max_steps = method, rtol, atol, max_steps
+        self.fixed_steps = fixed_steps
         self.ss_rtol, self.ss_max_cycles = ss_rtol, ss_max_cycles
         self.initial = initial
         self.name = name
@@ -114,7 +123,8 @@ class ODEModel(StructuralModel):
             return d * (self.rhs(t0 + s * delta, state, p) + infusion)
 
         grid = torch.tensor([0.0, 1.0], dtype=y.dtype, device=y.device)
-        options = {"max_num_steps": self.max_steps} if self.method in _ADAPTIVE else None
+        options = ({"max_num_steps": self.max_steps} if self.method in _ADAPTIVE
+                   else {"step_size": 1.0 / self.fixed_steps})
         try:
             out = odeint(field, y, grid, rtol=self.rtol, atol=self.atol, method=self.method, options=options)[-1]
         except (AssertionError, RuntimeError) as exc:
@@ -145,19 +155,32 @@ class ODEModel(StructuralModel):
         onehot = torch.nn.functional.one_hot(cmt, n_cmt).to(amount.dtype)
         rate_in = onehot * torch.where(inf, doses.rate[sel], torch.zeros_like(tau)).unsqueeze(-1)
         bolus_in = onehot * torch.where(inf, torch.zeros_like(tau), amount).unsqueeze(-1)
-        y = self._initial_state(pb, len(tau), amount)
         t0 = doses.record_time[sel]
         zero_in = torch.zeros_like(rate_in)
+
+        def cycle(y, prm, copies=1):
+            def rep(x):
+                return x.repeat(copies, *([1] * (x.dim() - 1))) if copies > 1 else x
+            y = self._advance(y, rep(t0), rep(lag), rep(zero_in), prm) + rep(bolus_in)
+            y = self._advance(y, rep(t0 + lag), rep(dur), rep(rate_in), prm)
+            return self._advance(y, rep(t0 + lag + dur), rep(tau - lag - dur), rep(zero_in), prm)
+
+        y = self._initial_state(pb, len(tau), amount).detach()
+        fixed = {k: v.detach() for k, v in pb.items()}
+        eye = torch.eye(n_cmt, dtype=y.dtype, device=y.device)
+        jac = None
         for _ in range(self.ss_max_cycles):
-            start = y
-            y = self._advance(y, t0, lag, zero_in, pb) + bolus_in
-            y = self._advance(y, t0 + lag, dur, rate_in, pb)
-            y = self._advance(y, t0 + lag + dur, tau - lag - dur, zero_in, pb)
-            if bool(((y - start).abs() <= self.ss_rtol * y.abs() + self.atol).all()):
+            jac, mapped = _cycle_jacobian(cycle, y, fixed)
+            step = torch.linalg.solve(eye - jac, (mapped - y).unsqueeze(-1)).squeeze(-1)
+            y = y + step
+            if bool((step.abs() <= self.ss_rtol * y.abs() + self.atol).all()):
                 break
         else:
-            raise IntegrationError(f"{self.name}: steady state not reached within {self.ss_max_cycles} dosing "
-                                   f"cycles; raise ss_max_cycles or check the elimination parameters")
+            raise IntegrationError(f"{self.name}: steady state not reached within {self.ss_max_cycles} Newton "
+                                   f"iterations; check the parameters")
+        # one Newton step with gradients on: its value is the fixed point, its derivative the
+        # implicit-function derivative (I - J)^-1 dPhi/dparams
+        y = y + torch.linalg.solve(eye - jac, (cycle(y, pb) - y).unsqueeze(-1)).squeeze(-1)
         out[sel] = y
         return out
 
@@ -206,6 +229,24 @@ class ODEModel(StructuralModel):
         for cmt_number, pname in self.scale.items():
             divisor = torch.where(obs_cmt == cmt_number - 1, p[pname].unsqueeze(-1).expand_as(pred), divisor)
         return torch.where(obs.mask, pred / divisor, torch.zeros_like(pred))
+
+
+def _cycle_jacobian(cycle, y: torch.Tensor, params: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value and per-row Jacobian ``[B, n, n]`` of the dosing-cycle map by central differences.
+
+    All 2n+1 evaluations run as one batched solve (rows are independent). Exact up to
+    rounding for linear (affine) cycle maps; O(h²) with h = 1e-5 relative otherwise.
+    """
+    b, n = y.shape
+    h = 1e-5 * torch.clamp(y.abs().amax(dim=1, keepdim=True), min=1e-3)          # [B, 1]
+    eye = torch.eye(n, dtype=y.dtype, device=y.device)
+    shifts = torch.cat([torch.zeros(1, n, dtype=y.dtype, device=y.device), eye, -eye], dim=0)   # [2n+1, n]
+    y_aug = (y.unsqueeze(0) + shifts.unsqueeze(1) * h.unsqueeze(0)).reshape(-1, n)
+    p_aug = {k: v.unsqueeze(0).expand(2 * n + 1, *v.shape).reshape(-1, *v.shape[1:]) for k, v in params.items()}
+    with torch.no_grad():
+        out = cycle(y_aug, p_aug, 2 * n + 1).reshape(2 * n + 1, b, n)
+    jac = ((out[1:n + 1] - out[n + 1:]) / (2 * h.unsqueeze(0))).permute(1, 2, 0)   # [B, n_out, n_in]
+    return jac, out[0]
 
 
 _ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"}
