@@ -47,7 +47,7 @@ class DatasetError(PmxgenError, ValueError):
         if value is not None:
             text += f" (found {value!r})"
         if fix:
-            text += f". {fix}"
+            text += f". {fix[0].upper()}{fix[1:]}"
         super().__init__(text)
 
 
