@@ -282,7 +282,11 @@ def validate_records(cells: pd.DataFrame, rows: np.ndarray, source: str, columns
           col.get("LLOQ", col.get("BLQ", "BLQ")), lloq, "give the LLOQ in an LLOQ column or in DV")
 
     # Subjects: contiguous blocks, time non-decreasing except at reset records (EVID 3/4), as NONMEM.
-    codes, first_index = pd.factorize(id_text)
+    # numeric IDs are keyed by value, so '1' and '1.0' are the same subject
+    id_numeric = pd.to_numeric(id_text, errors="coerce")
+    id_key = id_text.where(id_numeric.isna(), id_numeric.map(repr))
+    codes, _ = pd.factorize(id_key)
+    first_index = id_text.iloc[np.unique(codes, return_index=True)[1]].to_numpy()
     change = np.r_[True, codes[1:] != codes[:-1]]
     starts = np.flatnonzero(change)
     block_codes = codes[starts]

@@ -325,3 +325,8 @@ def test_with_dv_replaces_only_observation_dvs(theoph):
     np.testing.assert_array_equal(f2["DV"].to_numpy()[others], f1["DV"].to_numpy()[others])
     pd.testing.assert_frame_equal(f2.drop(columns="DV"), f1.drop(columns="DV"))
     assert theoph.batch.obs.dv.equal(obs.dv)                           # the original is untouched
+
+
+def test_numeric_ids_written_differently_are_one_subject():
+    ds = pmxgen.read_nonmem(pd.DataFrame({"ID": ["1", "1.0", "2"], "TIME": [0.0, 1.0, 0.0], "DV": [1.0, 2.0, 3.0]}))
+    assert ds.ids == [1, 2] and ds.n_subjects == 2 and ds.observations_per_subject.tolist() == [2, 1]
