@@ -22,8 +22,20 @@ _EXPORTS = {
     "ODEModel": "pmxgen.structural",
     "simulate_dataset": "pmxgen.simulation",
     "design_frame": "pmxgen.simulation",
+    "NLMEModel": "pmxgen.models",
+    "Theta": "pmxgen.models",
+    "OmegaBlock": "pmxgen.models",
+    "ResidualError": "pmxgen.models",
+    "build_model": "pmxgen.models",
+    "fit": "pmxgen.estimation",
+    "FitResult": "pmxgen.estimation",
+    "ClassicalEstimator": "pmxgen.estimation",
+    "FO": "pmxgen.estimation",
+    "FOCE": "pmxgen.estimation",
+    "FOCEI": "pmxgen.estimation",
+    "Laplace": "pmxgen.estimation",
 }
-_SUBMODULES = ("data", "structural", "simulation", "datasets", "errors")
+_SUBMODULES = ("data", "structural", "simulation", "datasets", "errors", "models", "estimation", "diagnostics")
 
 __all__ = sorted(list(_EXPORTS) + list(_SUBMODULES) + ["__version__"])
 

@@ -1,4 +1,7 @@
-"""Command line: ``pmxgen datasets | summarize | demo``.
+"""Command line: ``pmxgen fit | datasets | summarize | demo``.
+
+``pmxgen fit theophylline --model 1cmt_oral --error additive --iiv KA,CL --method focei --output out/``
+fits a population model and writes ``results.json`` and NONMEM-like tables.
 
 ``pmxgen demo theophylline --output out/`` summarises a bundled dataset, predicts its
 concentrations with a structural model at typical parameter values, simulates a replicate
@@ -112,9 +115,61 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _split(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _cmd_fit(args) -> int:
+    import pmxgen
+    from pmxgen.models import LIBRARY, build_model
+    from pmxgen.models.loader import load_model_file
+    from pmxgen.report import write_fit
+
+    ds = _load(args.data, args.occasion)
+    if args.model.endswith(".py"):
+        model = load_model_file(args.model, ds)
+    elif args.model in LIBRARY:
+        model = build_model(args.model, ds, error=args.error, iiv=_split(args.iiv), iov=_split(args.iov) or (),
+                            full_omega=args.full_omega)
+    else:
+        raise SystemExit(f"pmxgen: --model {args.model!r} is neither a .py model file nor a built-in model "
+                         f"({', '.join(LIBRARY)})")
+    print(f"Fitting {model.name} to {ds.source} ({ds.n_subjects} subjects, {ds.n_observations} observations) "
+          f"by {args.method.upper()}", file=sys.stderr, flush=True)
+    fit = pmxgen.fit(model, ds, method=args.method, covariance=None if args.covariance == "none" else args.covariance,
+                     importance_samples=args.importance_samples, seed=args.seed, max_iter=args.max_iter,
+                     progress=not args.quiet)
+    print(fit.summary())
+    if args.output:
+        paths = write_fit(fit, args.output)
+        print("\nWrote " + ", ".join(str(p) for p in paths))
+    return 0 if fit.status == "converged" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pmxgen", description="Population pharmacometrics with pmxgen.")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fit", help="fit a population model (FO, FOCE, FOCE-I, Laplace) and write the results")
+    p.add_argument("data", help="a NONMEM-style file or a bundled dataset name")
+    p.add_argument("--model", required=True, help="built-in model (1cmt_oral, 2cmt_iv, ...) or a .py model file")
+    p.add_argument("--method", default="focei", choices=["fo", "foce", "focei", "laplace"])
+    p.add_argument("--error", default="combined",
+                   choices=["additive", "proportional", "combined", "combined_sd", "exponential"],
+                   help="residual error model (built-in models)")
+    p.add_argument("--iiv", help="comma-separated parameters with IIV (built-in models), e.g. KA,CL,V")
+    p.add_argument("--iov", help="comma-separated parameters with inter-occasion variability (needs --occasion)")
+    p.add_argument("--occasion", help="occasion column of the data file")
+    p.add_argument("--full-omega", action="store_true", help="one full Omega block over the IIV effects")
+    p.add_argument("--covariance", default="sandwich", choices=["sandwich", "R", "S", "none"])
+    p.add_argument("--importance-samples", type=int, default=0,
+                   help="draws per subject for the importance-sampling -2LL at the estimates (0: skip)")
+    p.add_argument("--max-iter", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--output", help="folder for results.json, fit.json and the tables")
+    p.set_defaults(func=_cmd_fit)
     p = sub.add_parser("datasets", help="list bundled datasets, or describe one")
     p.add_argument("name", nargs="?", help="a dataset name: print its README")
     p.set_defaults(func=_cmd_datasets)

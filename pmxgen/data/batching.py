@@ -40,6 +40,17 @@ class _TensorGroup:
                 changes[f.name] = value.to(device, dtype)
         return replace(self, **changes)
 
+    def repeat(self, times: int):
+        """Every subject ``times`` times (copy-major: rows ``c*N + i``), for evaluating many draws at once."""
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor) and value.dim() >= 1:
+                changes[f.name] = value.repeat(times, *([1] * (value.dim() - 1)))
+            elif isinstance(value, _TensorGroup):
+                changes[f.name] = value.repeat(times)
+        return replace(self, **changes)
+
 
 @dataclass(frozen=True)
 class ObservationTable(_TensorGroup):

@@ -15,7 +15,6 @@ identical data; a different device (CPU vs CUDA) gives different numbers.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -24,13 +23,12 @@ import pandas as pd
 import torch
 
 from ..errors import ModelError
+from ..structural.base import DOSE_PARAMETER
 
 __all__ = ["simulate_dataset", "SimulatedData", "IndividualModel"]
 
 #: ``individual(theta, eta, covariates) -> {parameter: [N] tensor}``.
 IndividualModel = Callable[[dict, dict, dict], Mapping[str, torch.Tensor]]
-#: Dose-related parameters any structural model understands (F1, ALAG2, R1, D1, ...).
-_DOSE_PARAMETER = re.compile(r"^(F|ALAG|R|D)\d+$")
 _ERROR_KEYS = ("additive", "proportional")
 
 
@@ -250,7 +248,7 @@ def simulate_dataset(model, design, *, theta: Mapping[str, float],
         raise ModelError(f"seed must be an integer (found {seed!r})")
 
     if individual is None:
-        unknown = [k for k in theta_f if k not in model.parameters and not _DOSE_PARAMETER.match(k)]
+        unknown = [k for k in theta_f if k not in model.parameters and not DOSE_PARAMETER.match(k)]
         if unknown:
             raise ModelError(f"theta has parameters {', '.join(unknown)} that model {model.name} does not use; its "
                              f"parameters are {', '.join(model.parameters)} (plus F1, ALAG1, ... for doses). For "

@@ -8,6 +8,8 @@ compartment: ``F1`` (bioavailability), ``ALAG1`` (lag time), ``R1`` (rate, for R
 """
 from __future__ import annotations
 
+import re
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Mapping
@@ -17,9 +19,12 @@ import torch
 from ..data.batching import SubjectBatch
 from ..errors import DatasetError, ModelError
 
-__all__ = ["StructuralModel", "ResolvedDoses", "resolve_doses", "Params"]
+__all__ = ["StructuralModel", "ResolvedDoses", "resolve_doses", "Params", "DOSE_PARAMETER"]
 
 Params = Mapping[str, torch.Tensor]
+
+#: Names of dose-related parameters: F<n>, ALAG<n>, R<n>, D<n>.
+DOSE_PARAMETER = re.compile(r"^(F|ALAG|R|D)\d+$")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,406 @@
+"""FO, FOCE, FOCE-I and Laplace estimation of NLME models (NONMEM's classical methods).
+
+The outer problem is quasi-Newton (BFGS) on the unconstrained parameters with the exact
+gradient of the approximate marginal likelihood (see :mod:`.objective`); the inner problem
+(EBEs) is solved for all subjects at once by :func:`.ebe.solve_ebes`, warm-started.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import optimize
+
+from ..data.dataset import Dataset
+from ..diagnostics.residuals import epsilon_shrinkage, eta_shrinkage, nlme_residuals
+from ..errors import ConvergenceWarning, EstimationError
+from ..models.nlme import NLMEModel
+from .covariance import COVARIANCE_KINDS, covariance_step
+from .ebe import solve_ebes
+from .importance import importance_sampling
+from .objective import METHODS, log_two_pi_count, subject_objective, variance_reference
+from .results import FitResult
+
+__all__ = ["ClassicalEstimator", "FO", "FOCE", "FOCEI", "Laplace", "fit"]
+
+_LOG2PI = math.log(2 * math.pi)
+_PENALTY = 1e12
+
+
+class ClassicalEstimator:
+    """Maximum (approximate) likelihood for NLME models by FO, FOCE, FOCE-I or Laplace.
+
+    Parameters
+    ----------
+    method : {"fo", "foce", "focei", "laplace"}
+        The approximation of the marginal likelihood.
+    max_iter : int
+        Maximum outer (BFGS) iterations.
+    gtol : float
+        Convergence when the largest gradient element on the unconstrained scale is below it
+        (OFV units).
+    gradient : {"exact", "finite"}
+        Exact gradients (implicit differentiation through the EBEs) or central finite
+        differences of the whole objective.
+    covariance : {"sandwich", "R", "S"} or None
+        Covariance step (``None`` skips it).
+    importance_samples : int
+        Draws per subject for the importance-sampling −2LL at the estimates (0 skips it).
+    importance_df : int
+        Degrees of freedom of the multivariate-t proposal.
+    inner_max_iter, inner_tol : int, float
+        EBE Newton iterations and tolerance on the Newton decrement.
+    seed : int
+        Seed for importance sampling.
+    progress : bool or callable
+        Print (or call ``progress(iteration, ofv)``) every ``progress_every`` iterations.
+    progress_every : int
+
+    Examples
+    --------
+    >>> import pmxgen
+    >>> from pmxgen.models import build_model
+    >>> data = pmxgen.datasets.load("theophylline")
+    >>> model = build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
+    >>> fit = ClassicalEstimator("focei", covariance=None).fit(model, data)
+    >>> fit.status, round(fit.ofv, 1)   # doctest: +SKIP
+    ('converged', 115.9)
+    """
+
+    def __init__(self, method: str = "focei", *, max_iter: int = 500, gtol: float = 1e-4, gradient: str = "exact",
+                 covariance: str | None = "sandwich", importance_samples: int = 0, importance_df: int = 4,
+                 inner_max_iter: int = 100, inner_tol: float = 1e-12, seed: int = 0,
+                 progress: bool | Callable = False, progress_every: int = 10):
+        self.method = method
+        self.max_iter = max_iter
+        self.gtol = gtol
+        self.gradient = gradient
+        self.covariance = covariance
+        self.importance_samples = importance_samples
+        self.importance_df = importance_df
+        self.inner_max_iter = inner_max_iter
+        self.inner_tol = inner_tol
+        self.seed = seed
+        self.progress = progress
+        self.progress_every = progress_every
+
+    # ------------------------------------------------------------ validation
+    def _validate(self, model, data) -> None:
+        m = str(self.method).lower().replace("-", "")
+        if m not in METHODS:
+            raise EstimationError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        self.method = m
+        for name, lo in (("max_iter", 1), ("inner_max_iter", 1), ("progress_every", 1), ("importance_samples", 0),
+                         ("importance_df", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise EstimationError(f"{name} must be an integer >= {lo} (found {v!r})")
+        if self.importance_samples == 1:
+            raise EstimationError("importance_samples must be 0 (skip) or >= 2")
+        for name in ("gtol", "inner_tol"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise EstimationError(f"{name} must be a positive number (found {v!r})")
+        if self.gradient not in ("exact", "finite"):
+            raise EstimationError(f"gradient must be 'exact' or 'finite' (found {self.gradient!r})")
+        if self.covariance is not None and self.covariance not in COVARIANCE_KINDS:
+            raise EstimationError(f"covariance must be one of {', '.join(COVARIANCE_KINDS)} or None "
+                                  f"(found {self.covariance!r})")
+        if not isinstance(model, NLMEModel):
+            raise EstimationError(f"{self.method.upper()} needs an NLMEModel (found {type(model).__name__})")
+        if not isinstance(data, Dataset):
+            raise EstimationError(f"data must be a pmxgen Dataset (found {type(data).__name__}); use pmxgen.read_nonmem")
+        if data.n_blq and self.method != "laplace":
+            raise EstimationError(f"the data have {data.n_blq} observations below the LLOQ, handled by the M3 "
+                                  f"likelihood, which needs method='laplace' (as NONMEM's LAPLACIAN); or drop "
+                                  f"the BLQ flags to treat them as ordinary observations")
+        if data.n_observations == 0:
+            raise EstimationError("the data have no observations to fit")
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, model: NLMEModel, data: Dataset) -> FitResult:
+        """Estimate the parameters of ``model`` from ``data``; returns a frozen :class:`FitResult`."""
+        self._validate(model, data)
+        model.check(data)
+        started = time.perf_counter()
+        batch = data.batch
+        ps = model.parameters
+        method = self.method
+        n, k = batch.n_subjects, len(model.eta_names(batch))
+        dtype, device = batch.dtype, batch.device
+        phi0 = ps.initial_natural(dtype=dtype, device=device)
+        x0 = ps.to_unconstrained(phi0).detach().cpu().numpy()
+        state = {"eta": torch.zeros(n, k, dtype=dtype, device=device), "evals": 0}
+        messages: list[str] = []
+
+        def ebes(values, eta0, tol=self.inner_tol):
+            if method == "fo":
+                return eta0
+            with torch.no_grad():
+                ref = variance_reference(model, values, batch, method)
+            return solve_ebes(model, values, batch, eta0, variance_at=ref, max_iter=self.inner_max_iter,
+                              tol=tol).eta
+
+        def objective_at_phi(phi: torch.Tensor, eta0: torch.Tensor, *, per_subject: bool = False):
+            values = ps.unpack(phi)
+            eta = ebes(ps.unpack(phi.detach()), eta0)
+            so = subject_objective(model, values, batch, eta, method)
+            return (so.ofv if per_subject else so.ofv.sum()), eta
+
+        def fun(x: np.ndarray):
+            state["evals"] += 1
+            xt = torch.as_tensor(x, dtype=dtype, device=device).requires_grad_(self.gradient == "exact")
+            try:
+                phi = ps.from_unconstrained(xt)
+                total, eta = objective_at_phi(phi, state["eta"])
+                if not bool(torch.isfinite(total)):
+                    return _PENALTY, np.zeros_like(x)
+                if self.gradient == "exact":
+                    (g,) = torch.autograd.grad(total, xt)
+                    g = g.detach().cpu().numpy()
+                else:
+                    g = self._finite_difference(x, lambda xx: self._value(ps, objective_at_phi, xx, eta, dtype,
+                                                                          device))
+            except (torch.linalg.LinAlgError, RuntimeError) as exc:
+                if "singular" in str(exc) or "positive-definite" in str(exc) or isinstance(exc,
+                                                                                         torch.linalg.LinAlgError):
+                    return _PENALTY, np.zeros_like(x)
+                raise
+            if not np.all(np.isfinite(g)):
+                return _PENALTY, np.zeros_like(x)
+            state["eta"] = eta.detach()
+            return float(total), g
+
+        history: list[dict] = []
+
+        def record(x):
+            phi = ps.from_unconstrained(torch.as_tensor(x, dtype=dtype, device=device)).detach()
+            it = len(history)
+            ofv = state.get("last_ofv", float("nan"))
+            history.append({"iteration": it, "ofv": ofv, **ps.full_natural(phi)})
+            if self.progress and it % self.progress_every == 0:
+                if callable(self.progress):
+                    self.progress(it, ofv)
+                else:
+                    print(f"  {method.upper()} iteration {it:4d}  OFV {ofv:.4f}", file=sys.stderr, flush=True)
+
+        def fun_recorded(x):
+            value, g = fun(x)
+            state["last_ofv"] = value
+            state["last_x"] = x.copy()
+            return value, g
+
+        fun_recorded(x0)
+        record(x0)
+        result = optimize.minimize(fun_recorded, x0, jac=True, method="BFGS",
+                                   options={"gtol": self.gtol, "maxiter": self.max_iter},
+                                   callback=lambda xk: (None if np.array_equal(xk, state["last_x"])
+                                                        else fun_recorded(xk), record(xk)))
+        x_hat = result.x
+        final_value, final_grad = fun_recorded(x_hat)
+        grad_max = float(np.max(np.abs(final_grad))) if final_grad.size else 0.0
+        if final_value >= _PENALTY:
+            status = "failed"
+            messages.append("the objective is not finite at the final estimates")
+        elif result.success or grad_max < max(10 * self.gtol, 1e-3):
+            status = "converged"
+            messages.append(f"gradient max |g| = {grad_max:.2g} after {result.nit} iterations "
+                            f"({state['evals']} objective evaluations)")
+            if not result.success:
+                messages.append(f"optimizer note: {result.message}")
+        elif result.nit >= self.max_iter:
+            status = "max_iterations"
+            messages.append(f"stopped after {result.nit} iterations with max |gradient| {grad_max:.3g}; "
+                            f"raise max_iter or improve initial estimates")
+        else:
+            status = "failed"
+            messages.append(f"{result.message} (max |gradient| {grad_max:.3g}); try other initial estimates")
+        if status != "converged":
+            warnings.warn(f"{method.upper()} did not converge: {messages[0]}", ConvergenceWarning, stacklevel=2)
+
+        phi_hat = ps.from_unconstrained(torch.as_tensor(x_hat, dtype=dtype, device=device)).detach()
+        values = ps.unpack(phi_hat)
+        # Final EBEs (posthoc for FO, with interaction as FOCE-I).
+        with torch.no_grad():
+            ref = variance_reference(model, values, batch, method if method != "fo" else "focei")
+        eta_hat = solve_ebes(model, values, batch, state["eta"] if method != "fo" else torch.zeros(n, k, dtype=dtype,
+                                                                                                   device=device),
+                             variance_at=ref, max_iter=self.inner_max_iter, tol=self.inner_tol).eta
+        so = subject_objective(model, values, batch, eta_hat, method)
+        data_obs = model.observed(batch)
+        ofv = float(so.ofv.detach().sum())
+        n_density = int(log_two_pi_count(data_obs).sum())
+        minus2ll = ofv + n_density * _LOG2PI
+        if model.error.log_scale:
+            minus2ll += float(2.0 * data_obs.y[data_obs.normal].sum())
+        curvature = so.curvature
+        if curvature is None:
+            so_post = subject_objective(model, values, batch, eta_hat, "focei")
+            curvature = so_post.curvature
+        curvature = curvature.detach()
+        ebe_cov = torch.cholesky_inverse(torch.linalg.cholesky(curvature)) if k else curvature
+
+        # Covariance step.
+        cov_result = None
+        if self.covariance is not None and status != "failed":
+            cov_result = self._covariance(ps, objective_at_phi, phi_hat, eta_hat, n)
+        # Importance sampling.
+        is_dict = None
+        if self.importance_samples:
+            isr = importance_sampling(model, values, batch, eta_hat, curvature, n_samples=int(self.importance_samples),
+                                      df=int(self.importance_df), seed=self.seed)
+            is_dict = isr.as_dict(n_density)
+            if model.error.log_scale:
+                is_dict["note"] = "on the log scale plus the Jacobian 2*sum(log DV), like minus2ll"
+                is_dict["minus2ll"] += float(2.0 * data_obs.y[data_obs.normal].sum())
+
+        residuals = nlme_residuals(model, values, batch, eta_hat)
+        table = self._observation_table(data, residuals)
+        eta_names = model.eta_names(batch)
+        eta_np = eta_hat.detach().cpu().numpy()
+        omega_diag = torch.diagonal(model.omega_matrix(values, batch)).detach().cpu().numpy()
+        shrink = dict(zip(eta_names, eta_shrinkage(eta_np, omega_diag).tolist()))
+        shrink["EPS"] = epsilon_shrinkage(table["IWRES"].to_numpy())
+        individual = self._individual_table(model, values, batch, eta_hat, data.ids, eta_names)
+
+        full = ps.full_natural(phi_hat)
+        se = {name: float("nan") for name in ps.all_names}
+        cov_matrix = None
+        if cov_result is not None and cov_result.matrix is not None:
+            cov_matrix = cov_result.matrix
+            for name, v in zip(ps.names, np.sqrt(np.diag(cov_matrix))):
+                se[name] = float(v)
+        near = ps.near_bounds(phi_hat)
+        if near:
+            messages.append(f"estimates at or near a bound: {', '.join(near)} (an Ω variance near 0 means that "
+                            f"random effect is not supported by the data; consider removing it)")
+        return FitResult(
+            method=method, model_name=model.name, data_source=str(data.source), parameter_names=ps.all_names,
+            estimated_names=ps.names, estimates=full, se=se,
+            fixed={name: name not in ps.names for name in ps.all_names},
+            covariance=cov_matrix, covariance_method=self.covariance,
+            covariance_status="not requested" if self.covariance is None else (
+                "not run" if cov_result is None else cov_result.status),
+            covariance_message="" if cov_result is None else cov_result.message,
+            condition_number=float("nan") if cov_result is None else cov_result.condition_number,
+            ofv=ofv, minus2ll=minus2ll, n_observations=int(data.n_observations), n_subjects=n,
+            ids=tuple(data.ids), eta_names=tuple(eta_names), ebe=eta_np, ebe_covariance=ebe_cov.cpu().numpy(),
+            observations=table, individual=individual, shrinkage=shrink, history=tuple(history), status=status,
+            messages=tuple(messages), near_bounds=tuple(near), importance_sampling=is_dict,
+            elapsed_seconds=time.perf_counter() - started,
+            options={"method": method, "max_iter": self.max_iter, "gtol": self.gtol, "gradient": self.gradient,
+                     "covariance": self.covariance, "importance_samples": self.importance_samples,
+                     "importance_df": self.importance_df, "seed": self.seed, "inner_tol": self.inner_tol})
+
+    # --------------------------------------------------------------- helpers
+    @staticmethod
+    def _value(ps, objective_at_phi, x, eta, dtype, device) -> float:
+        with torch.no_grad():
+            phi = ps.from_unconstrained(torch.as_tensor(x, dtype=dtype, device=device))
+        total, _ = objective_at_phi(phi, eta)
+        return float(total)
+
+    @staticmethod
+    def _finite_difference(x: np.ndarray, value: Callable[[np.ndarray], float], step: float = 1e-5) -> np.ndarray:
+        g = np.empty_like(x)
+        for i in range(x.size):
+            e = np.zeros_like(x)
+            e[i] = step * max(1.0, abs(x[i]))
+            g[i] = (value(x + e) - value(x - e)) / (2 * e[i])
+        return g
+
+    def _covariance(self, ps, objective_at_phi, phi_hat, eta_hat, n):
+        dtype, device = phi_hat.dtype, phi_hat.device
+
+        def total_gradient(phi_np):
+            phi = torch.as_tensor(phi_np, dtype=dtype, device=device).requires_grad_(True)
+            total, _ = objective_at_phi(phi, eta_hat)
+            (g,) = torch.autograd.grad(total, phi)
+            return g.detach().cpu().numpy()
+
+        def subject_gradients(phi_np):
+            phi = torch.as_tensor(phi_np, dtype=dtype, device=device)
+            rows = phi.expand(n, phi.numel()).clone().requires_grad_(True)
+            ofv, _ = objective_at_phi(rows, eta_hat, per_subject=True)
+            (g,) = torch.autograd.grad(ofv.sum(), rows)
+            return g.detach().cpu().numpy()
+
+        return covariance_step(phi_hat.cpu().numpy(), ps.names, total_gradient, subject_gradients,
+                               kind=self.covariance)
+
+    @staticmethod
+    def _observation_table(data: Dataset, residuals: dict) -> pd.DataFrame:
+        obs = data.batch.obs
+        mask = obs.mask.cpu().numpy()
+        ids = np.asarray(data.ids, dtype=object)
+        subject = np.nonzero(mask)[0]
+        table = {"ID": ids[subject].tolist(),
+                 "TIME": obs.time.cpu().numpy()[mask],
+                 "DV": obs.dv.cpu().numpy()[mask],
+                 "CMT": obs.cmt.cpu().numpy()[mask],
+                 "BLQ": obs.blq.cpu().numpy()[mask].astype(int)}
+        for key in ("PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES"):
+            table[key] = residuals[key].detach().cpu().numpy()[mask]
+        table["ROW"] = obs.row.cpu().numpy()[mask]
+        frame = pd.DataFrame(table)
+        return frame.sort_values("ROW", kind="stable").reset_index(drop=True)
+
+    @staticmethod
+    def _individual_table(model, values, batch, eta_hat, ids, eta_names) -> pd.DataFrame:
+        with torch.no_grad():
+            params = model.individual_parameters(eta_hat, values, batch)
+        table = {"ID": list(ids)}
+        for j, name in enumerate(eta_names):
+            table[f"ETA({name})"] = eta_hat[:, j].detach().cpu().numpy()
+        for name, v in params.items():
+            table[name] = v.detach().cpu().numpy()
+        return pd.DataFrame(table)
+
+
+class FO(ClassicalEstimator):
+    """First-order estimation (linearisation at η = 0). See :class:`ClassicalEstimator`."""
+
+    def __init__(self, **kwargs):
+        super().__init__("fo", **kwargs)
+
+
+class FOCE(ClassicalEstimator):
+    """First-order conditional estimation without interaction. See :class:`ClassicalEstimator`."""
+
+    def __init__(self, **kwargs):
+        super().__init__("foce", **kwargs)
+
+
+class FOCEI(ClassicalEstimator):
+    """First-order conditional estimation with interaction. See :class:`ClassicalEstimator`."""
+
+    def __init__(self, **kwargs):
+        super().__init__("focei", **kwargs)
+
+
+class Laplace(ClassicalEstimator):
+    """Laplace approximation (exact Hessian of the conditional objective). See :class:`ClassicalEstimator`."""
+
+    def __init__(self, **kwargs):
+        super().__init__("laplace", **kwargs)
+
+
+def fit(model: NLMEModel, data: Dataset, method: str = "focei", **options) -> FitResult:
+    """Fit ``model`` to ``data`` with a classical method; ``options`` go to :class:`ClassicalEstimator`.
+
+    Examples
+    --------
+    >>> import pmxgen
+    >>> data = pmxgen.datasets.load("theophylline")
+    >>> model = pmxgen.models.build_model("1cmt_oral", data, iiv=("KA", "CL"))
+    >>> result = pmxgen.fit(model, data, method="foce", covariance=None)
+    >>> result.status
+    'converged'
+    """
+    return ClassicalEstimator(method, **options).fit(model, data)

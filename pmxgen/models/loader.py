@@ -1,0 +1,45 @@
+"""Load a user's model from a Python file (for ``pmxgen fit DATA --model model.py``)."""
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+from ..errors import ModelError
+from .base import PopulationModel
+
+__all__ = ["load_model_file"]
+
+
+def load_model_file(path: str | Path, data=None) -> PopulationModel:
+    """The model a Python file defines.
+
+    The file defines either a variable ``model`` (a :class:`PopulationModel`) or a function
+    ``build(data)`` returning one (to use the data, e.g. for initial estimates).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> src = 'import pmxgen\\nmodel = pmxgen.build_model("1cmt_oral", error="additive")\\n'
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "m.py"; _ = f.write_text(src)
+    >>> load_model_file(f).parameters.names[:3]
+    ('KA', 'CL', 'V')
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    try:
+        namespace = runpy.run_path(str(path))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"model file {path} failed to run: {type(exc).__name__}: {exc}") from exc
+    if "build" in namespace and callable(namespace["build"]):
+        model = namespace["build"](data)
+    elif "model" in namespace:
+        model = namespace["model"]
+    else:
+        raise ModelError(f"model file {path} must define `model = NLMEModel(...)` or a function `build(data)` "
+                         f"returning the model")
+    if not isinstance(model, PopulationModel):
+        raise ModelError(f"model file {path}: the model is a {type(model).__name__}, not a pmxgen PopulationModel")
+    return model

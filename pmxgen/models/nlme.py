@@ -1,0 +1,307 @@
+"""Nonlinear mixed-effects models: a structural model, individual parameters and a residual error."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from ..data.batching import SubjectBatch
+from ..errors import DatasetError, ModelError
+from ..structural.base import DOSE_PARAMETER, StructuralModel
+from .base import PopulationModel
+from .parameters import OmegaBlock, ParameterSet, PopulationValues, Theta, omega_blocks
+from .residual_error import ResidualError, censored_neg2ll, normal_neg2ll, residual_error
+
+__all__ = ["NLMEModel", "ObservedData", "IndividualModel"]
+
+#: ``individual(theta, eta, covariates) -> {parameter: [N] tensor}``.
+IndividualModel = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]],
+                           Mapping[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ObservedData:
+    """Observations on the likelihood scale: ``y``, ``mask`` (used), ``blq`` (M3) and ``lloq``, ``[N, J]``."""
+
+    y: torch.Tensor
+    mask: torch.Tensor
+    blq: torch.Tensor
+    lloq: torch.Tensor
+
+    @property
+    def normal(self) -> torch.Tensor:
+        """Observations that contribute a density (not BLQ)."""
+        return self.mask & ~self.blq
+
+
+class NLMEModel(PopulationModel):
+    """A nonlinear mixed-effects model.
+
+    Parameters
+    ----------
+    structural : StructuralModel
+        Predictions from individual parameters and dose events (see :mod:`pmxgen.structural`).
+    theta : dict or sequence of Theta
+        Fixed effects: ``{name: init}``, ``{name: (lower, init)}``, ``{name: (lower, init, upper)}``
+        or :class:`Theta` objects (with ``fixed=True`` to fix).
+    omega : dict, OmegaBlock or list of OmegaBlock
+        Between-subject random effects: ``{eta name: variance}`` for a diagonal Ω, or blocks.
+    error : str, dict or ResidualError
+        Residual error model (``additive``, ``proportional``, ``combined``, ``combined_sd``,
+        ``exponential``) with initial σ².
+    individual : callable, optional
+        ``individual(theta, eta, covariates) -> {parameter: [N] tensor}``: any torch expression of
+        θ (dict of tensors), η (dict of ``[N]`` tensors, by η name) and covariates (dict of ``[N]``
+        baseline values by column name; categorical columns hold integer codes). Default:
+        ``P_i = θ_P · exp(η_P)`` (η_P absent means no variability) for every structural parameter,
+        times ``exp(η_IOV_P)`` when an inter-occasion effect named ``IOV_P`` exists.
+    iov : dict, OmegaBlock or list of OmegaBlock, optional
+        Inter-occasion random effects (one draw per subject and occasion, same Ω on every
+        occasion), for data read with ``occasion=``. In ``individual`` their names give the value
+        of the occasion being predicted. The structural model is evaluated once per occasion with
+        that occasion's parameters, and each observation takes the prediction of its own
+        occasion: exact when each occasion starts from a reset (EVID 3/4, SS=1) or a washout.
+    name : str, optional
+
+    Observations flagged BLQ in the data contribute P(y < LLOQ) (Beal's M3).
+
+    Examples
+    --------
+    >>> import pmxgen
+    >>> from pmxgen.models import NLMEModel
+    >>> data = pmxgen.datasets.load("theophylline")
+    >>> model = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={"KA": (0, 1.5), "CL": (0, 2.8), "V": (0, 32.0)},
+    ...                   omega={"KA": 0.4, "CL": 0.07}, error={"kind": "additive", "init": {"ADD": 0.5}})
+    >>> model.parameters.names
+    ('KA', 'CL', 'V', 'OMEGA(KA)', 'OMEGA(CL)', 'SIGMA(ADD)')
+    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> eta = torch.zeros(data.n_subjects, 2, dtype=torch.float64)
+    >>> model.log_likelihood(eta, values, data.batch).shape
+    torch.Size([12])
+    """
+
+    def __init__(self, structural: StructuralModel, *, theta, omega=None, error="additive",
+                 individual: IndividualModel | None = None, iov=None, name: str | None = None):
+        if not isinstance(structural, StructuralModel):
+            raise ModelError(f"structural must be a StructuralModel (found {type(structural).__name__}); "
+                             f"use pmxgen.get_model(name)")
+        self.structural = structural
+        if isinstance(theta, Mapping):
+            thetas = [Theta.from_spec(k, v) for k, v in theta.items()]
+        elif isinstance(theta, Sequence) and all(isinstance(t, Theta) for t in theta):
+            thetas = list(theta)
+        else:
+            raise ModelError("theta must be a dict {name: init or (lower, init[, upper])} or a list of Theta")
+        self.error: ResidualError = residual_error(error)
+        iiv_blocks = omega_blocks(omega)
+        iov_blocks = omega_blocks(iov)
+        self.iiv_names = tuple(n for b in iiv_blocks for n in b.names)
+        self.iov_names = tuple(n for b in iov_blocks for n in b.names)
+        clash = set(self.iiv_names) & set(self.iov_names)
+        if clash:
+            raise ModelError(f"η names {sorted(clash)} are used for both IIV and IOV; name IOV effects apart "
+                             f"(e.g. IOV_CL)")
+        self.parameters = ParameterSet(thetas, iiv_blocks + iov_blocks, self.error.sigmas())
+        self.individual = individual if individual is not None else self._default_individual
+        if not callable(self.individual):
+            raise ModelError("individual must be a callable (theta, eta, covariates) -> dict of [N] tensors")
+        self._custom_individual = individual is not None
+        self.name = name or f"{structural.name} ({self.error.kind} error)"
+        if individual is None:
+            known = set(structural.parameters)
+            stray = [t.name for t in thetas if t.name not in known and not DOSE_PARAMETER.match(t.name)]
+            if stray:
+                raise ModelError(f"theta {stray} are not parameters of {structural.name} "
+                                 f"({', '.join(structural.parameters)}); pass individual=... to use them")
+            missing = [p for p in structural.parameters if p not in {t.name for t in thetas}]
+            if missing:
+                raise ModelError(f"theta lacks {missing} of {structural.name}; give them or pass individual=...")
+            bad = [n for n in self.iiv_names if n not in known] + \
+                  [n for n in self.iov_names if not (n.startswith("IOV_") and n[4:] in known)]
+            if bad:
+                raise ModelError(f"η {bad} do not match a parameter of {structural.name} (IIV: the parameter "
+                                 f"name, IOV: IOV_<parameter>); pass individual=... for other effects")
+
+    # --------------------------------------------------------------- η layout
+    def n_occasions(self, batch: SubjectBatch) -> int:
+        if not self.iov_names:
+            return 0
+        occ = batch.obs.occasion[batch.obs.mask]
+        return int(occ.max()) + 1 if occ.numel() else 1
+
+    def eta_names(self, batch: SubjectBatch) -> tuple[str, ...]:
+        names = list(self.iiv_names)
+        for o in range(self.n_occasions(batch)):
+            names += [f"{n}[occ {o + 1}]" for n in self.iov_names]
+        return tuple(names)
+
+    def omega_matrix(self, values: PopulationValues, batch: SubjectBatch) -> torch.Tensor:
+        if not self.iov_names:
+            return values.omega
+        k1, k2 = len(self.iiv_names), len(self.iov_names)
+        n_occ = self.n_occasions(batch)
+        om = values.omega
+        iiv = om[..., :k1, :k1]
+        iov = om[..., k1:, k1:]
+        total = om.new_zeros(om.shape[:-2] + (k1 + n_occ * k2, k1 + n_occ * k2))
+        total[..., :k1, :k1] = iiv
+        for o in range(n_occ):
+            s = k1 + o * k2
+            total[..., s:s + k2, s:s + k2] = iov
+        return total
+
+    # ------------------------------------------------------------ predictions
+    def _default_individual(self, theta, eta, covariates):
+        out = {}
+        for name, value in theta.items():
+            v = value
+            if name in eta:
+                v = v * torch.exp(eta[name])
+            if f"IOV_{name}" in eta:
+                v = v * torch.exp(eta[f"IOV_{name}"])
+            out[name] = v
+        return out
+
+    def covariates(self, batch: SubjectBatch) -> dict[str, torch.Tensor]:
+        """Baseline covariates by column name, ``[N]`` each."""
+        return {name: batch.baseline[:, k] for k, name in enumerate(batch.covariate_names)}
+
+    def individual_parameters(self, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch,
+                              occasion: int | None = None) -> dict[str, torch.Tensor]:
+        """Individual parameters ``{name: [N]}`` (for ``occasion``, 0-based, with IOV)."""
+        k1 = len(self.iiv_names)
+        eta_d = {n: eta[:, k] for k, n in enumerate(self.iiv_names)}
+        if self.iov_names:
+            o = 0 if occasion is None else occasion
+            s = k1 + o * len(self.iov_names)
+            eta_d.update({n: eta[:, s + k] for k, n in enumerate(self.iov_names)})
+        cov = self.covariates(batch)
+        try:
+            raw = self.individual(values.theta, eta_d, _CovariateView(cov, batch.covariate_names))
+        except KeyError as exc:
+            raise ModelError(f"the individual-parameter function asked for {exc.args[0]!r}, which is missing; "
+                             f"θ: {', '.join(values.theta)}; η: {', '.join(eta_d)}; covariates: "
+                             f"{', '.join(batch.covariate_names) or 'none'}") from None
+        if not isinstance(raw, Mapping):
+            raise ModelError(f"individual(...) must return a dict name -> [N] tensor (returned {type(raw).__name__})")
+        n = batch.n_subjects
+        params = {}
+        for k, v in raw.items():
+            t = torch.as_tensor(v, dtype=batch.dtype, device=batch.device)
+            if t.dim() == 0:
+                t = t.expand(n)
+            if t.shape != (n,):
+                raise ModelError(f"individual parameter {k} has shape {tuple(t.shape)}; expected ({n},)")
+            params[str(k)] = t
+        missing = [p for p in self.structural.parameters if p not in params]
+        if missing:
+            raise ModelError(f"individual(...) returned no {', '.join(missing)}; {self.structural.name} needs "
+                             f"{', '.join(self.structural.parameters)}")
+        return params
+
+    def predict(self, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch) -> torch.Tensor:
+        if not self.iov_names:
+            return self.structural.predict(self.individual_parameters(eta, values, batch), batch)
+        occ = batch.obs.occasion
+        out = None
+        for o in range(self.n_occasions(batch)):
+            f = self.structural.predict(self.individual_parameters(eta, values, batch, occasion=o), batch)
+            out = f if out is None else torch.where(occ == o, f, out)
+        return out
+
+    # ------------------------------------------------------------- likelihood
+    def observed(self, batch: SubjectBatch) -> ObservedData:
+        """Observations on the likelihood scale (log for exponential error)."""
+        obs = batch.obs
+        y = torch.where(obs.mask, obs.dv, torch.ones_like(obs.dv))
+        lloq = torch.where(obs.blq, obs.lloq, torch.ones_like(obs.lloq))
+        return ObservedData(y=self.error.transform(y), mask=obs.mask, blq=obs.blq & obs.mask,
+                            lloq=self.error.transform(lloq))
+
+    def moments(self, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch, *,
+                variance_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and residual variance of each observation on the likelihood scale, ``[N, J]`` each.
+
+        ``variance_at``: predictions at which to evaluate the variance instead of the
+        predictions at η (FOCE without interaction evaluates it at η = 0).
+        """
+        f = self.predict(eta, values, batch)
+        var = self.error.variance(f if variance_at is None else variance_at, values.sigma)
+        mask = batch.obs.mask
+        mean = torch.where(mask, self.error.transform(torch.where(mask, f, torch.ones_like(f))), torch.zeros_like(f))
+        return mean, torch.where(mask, var, torch.ones_like(var))
+
+    def observation_neg2ll(self, mean: torch.Tensor, var: torch.Tensor, data: ObservedData) -> torch.Tensor:
+        """−2 log-likelihood of each observation ``[N, J]`` (0 on padding), M3 for BLQ ones."""
+        dens = normal_neg2ll(data.y, mean, var)
+        out = torch.where(data.normal, dens, torch.zeros_like(dens))
+        if bool(data.blq.any()):
+            cens = censored_neg2ll(data.lloq, mean, var)
+            out = torch.where(data.blq, cens, out)
+        return out
+
+    def log_likelihood(self, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch) -> torch.Tensor:
+        mean, var = self.moments(eta, values, batch)
+        return -0.5 * self.observation_neg2ll(mean, var, self.observed(batch)).sum(-1)
+
+    def sample_y(self, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        f = self.predict(eta, values, batch)
+        y = self.error.sample(f, values.sigma, generator)
+        return torch.where(batch.obs.mask, y, torch.zeros_like(y))
+
+    # ------------------------------------------------------------- validation
+    def check(self, dataset) -> None:
+        """Raise a clear error where the model cannot be fitted to ``dataset`` at its initial values."""
+        self.structural.check_dataset(dataset)
+        batch = dataset.batch
+        if self.error.log_scale:
+            bad = batch.obs.mask & ~batch.obs.blq & ~(batch.obs.dv > 0)
+            if bool(bad.any()):
+                pos = int(batch.obs.row[bad][0])
+                raise DatasetError("exponential (log-transform-both-sides) error needs DV > 0",
+                                   source=dataset.source, row=dataset.row_of(pos), column=dataset.columns.get("DV"),
+                                   value=float(batch.obs.dv[bad][0]),
+                                   fix="flag such observations BLQ (M3) or choose an additive/combined error model")
+        phi = self.parameters.initial_natural(dtype=batch.dtype, device=batch.device)
+        values = self.parameters.unpack(phi)
+        eta = torch.zeros(batch.n_subjects, len(self.eta_names(batch)), dtype=batch.dtype, device=batch.device)
+        with torch.no_grad():
+            params = self.individual_parameters(eta, values, batch)
+            for k, v in params.items():
+                if not bool(torch.isfinite(v).all()):
+                    i = int(torch.nonzero(~torch.isfinite(v)).flatten()[0])
+                    raise ModelError(f"individual parameter {k} is not finite at the initial estimates for "
+                                     f"subject {dataset.ids[i]}; check initial values and covariates")
+            f = self.predict(eta, values, batch)
+        bad = batch.obs.mask & ~torch.isfinite(f)
+        if bool(bad.any()):
+            pos = int(batch.obs.row[bad][0])
+            raise ModelError(f"{self.structural.name} gives a non-finite prediction at the initial estimates for "
+                             f"the observation on data row {dataset.row_of(pos)}; check initial values")
+        if self.error.kind == "proportional":
+            zero = batch.obs.mask & ~batch.obs.blq & (f.abs() < 1e-8)
+            if bool(zero.any()):
+                pos = int(batch.obs.row[zero][0])
+                raise DatasetError("proportional error: the model predicts 0 for this observation, so its residual "
+                                   "variance is 0 (e.g. a sample at the dose time of an oral dose)",
+                                   source=dataset.source, row=dataset.row_of(pos), column=dataset.columns.get("DV"),
+                                   value=float(batch.obs.dv[zero][0]),
+                                   fix="use the combined error model, or exclude the record (MDV=1)")
+
+
+class _CovariateView(dict):
+    """Covariates by name; lookups are case-insensitive and name what exists when missing."""
+
+    def __init__(self, values: dict, names):
+        super().__init__(values)
+        self._upper = {k.upper(): k for k in values}
+
+    def __getitem__(self, key):
+        if key in self.keys():
+            return dict.__getitem__(self, key)
+        real = self._upper.get(str(key).upper())
+        if real is None:
+            raise KeyError(key)
+        return dict.__getitem__(self, real)
