@@ -313,9 +313,13 @@ def validate_records(cells: pd.DataFrame, rows: np.ndarray, source: str, columns
                                column=occasion,
                                fix=f"the file's columns are {', '.join(cells.columns)}")
         occ_col = next(c for c in cells.columns if c.upper() == occasion.upper())
-        occ_codes, occ_labels_index = pd.factorize(cells[occ_col].astype(str).str.strip(), sort=True)
-        occ_labels = [_id_value(v) for v in occ_labels_index]
-        occ = occ_codes.astype(np.int64)
+        occ_text = cells[occ_col].astype(str).str.strip()
+        numeric_occ = pd.to_numeric(occ_text, errors="coerce")
+        # Numeric labels in numeric order (2 before 10), text labels alphabetically.
+        labels = sorted(occ_text.unique(), key=float) if not numeric_occ.isna().any() else sorted(occ_text.unique())
+        lookup = {lab: k for k, lab in enumerate(labels)}
+        occ_labels = [_id_value(v) for v in labels]
+        occ = np.array([lookup[v] for v in occ_text], dtype=np.int64)
     return Records(source=source, rows=rows, subject=codes.astype(np.int64), ids=ids, time=time, dv=dv, amt=amt,
                    evid=evid.astype(np.int64), mdv=mdv.astype(np.int64), cmt=cmt.astype(np.int64), rate=rate, ii=ii,
                    addl=addl.astype(np.int64), ss=ss.astype(np.int64), blq=blq.astype(bool), lloq=lloq,

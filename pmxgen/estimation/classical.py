@@ -19,7 +19,7 @@ from scipy import optimize
 
 from ..data.dataset import Dataset
 from ..diagnostics.residuals import epsilon_shrinkage, eta_shrinkage, nlme_residuals
-from ..errors import ConvergenceWarning, EstimationError
+from ..errors import ConvergenceWarning, EstimationError, IntegrationError, ModelError
 from ..models.nlme import NLMEModel
 from .covariance import COVARIANCE_KINDS, covariance_step
 from .ebe import solve_ebes
@@ -61,6 +61,10 @@ class ClassicalEstimator:
     progress : bool or callable
         Print (or call ``progress(iteration, ofv)``) every ``progress_every`` iterations.
     progress_every : int
+    cpu_threads : int or None
+        Torch intra-op threads during the fit on CPU (restored afterwards). The batched
+        per-subject linear algebra is small, and extra threads mostly add synchronisation
+        (several times slower on a loaded machine); None keeps torch's setting.
 
     Examples
     --------
@@ -75,8 +79,8 @@ class ClassicalEstimator:
 
     def __init__(self, method: str = "focei", *, max_iter: int = 500, gtol: float = 1e-4, gradient: str = "exact",
                  covariance: str | None = "sandwich", importance_samples: int = 0, importance_df: int = 4,
-                 inner_max_iter: int = 100, inner_tol: float = 1e-12, seed: int = 0,
-                 progress: bool | Callable = False, progress_every: int = 10):
+                 inner_max_iter: int = 100, inner_tol: float = 1e-10, seed: int = 0,
+                 progress: bool | Callable = False, progress_every: int = 10, cpu_threads: int | None = 1):
         self.method = method
         self.max_iter = max_iter
         self.gtol = gtol
@@ -89,6 +93,7 @@ class ClassicalEstimator:
         self.seed = seed
         self.progress = progress
         self.progress_every = progress_every
+        self.cpu_threads = cpu_threads
 
     # ------------------------------------------------------------ validation
     def _validate(self, model, data) -> None:
@@ -98,9 +103,13 @@ class ClassicalEstimator:
         self.method = m
         for name, lo in (("max_iter", 1), ("inner_max_iter", 1), ("progress_every", 1), ("importance_samples", 0),
                          ("importance_df", 1)):
+
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise EstimationError(f"{name} must be an integer >= {lo} (found {v!r})")
+        if self.cpu_threads is not None and (isinstance(self.cpu_threads, bool) or
+                                             not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
+            raise EstimationError(f"cpu_threads must be a positive integer or None (found {self.cpu_threads!r})")
         if self.importance_samples == 1:
             raise EstimationError("importance_samples must be 0 (skip) or >= 2")
         for name in ("gtol", "inner_tol"):
@@ -127,6 +136,15 @@ class ClassicalEstimator:
     def fit(self, model: NLMEModel, data: Dataset) -> FitResult:
         """Estimate the parameters of ``model`` from ``data``; returns a frozen :class:`FitResult`."""
         self._validate(model, data)
+        previous = torch.get_num_threads()
+        if self.cpu_threads is not None and data.device.type == "cpu":
+            torch.set_num_threads(int(self.cpu_threads))
+        try:
+            return self._fit(model, data)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _fit(self, model: NLMEModel, data: Dataset) -> FitResult:
         model.check(data)
         started = time.perf_counter()
         batch = data.batch
@@ -167,15 +185,17 @@ class ClassicalEstimator:
                 else:
                     g = self._finite_difference(x, lambda xx: self._value(ps, objective_at_phi, xx, eta, dtype,
                                                                           device))
-            except (torch.linalg.LinAlgError, RuntimeError) as exc:
-                if "singular" in str(exc) or "positive-definite" in str(exc) or isinstance(exc,
-                                                                                         torch.linalg.LinAlgError):
-                    return _PENALTY, np.zeros_like(x)
-                raise
+            except (torch.linalg.LinAlgError, ModelError, IntegrationError) as exc:
+                # Trial points of the line search may leave the region where the model can be
+                # evaluated (overflowing parameters, stiff ODEs): make them unattractive.
+                if state["evals"] == 1:
+                    raise EstimationError(f"the objective cannot be evaluated at the initial estimates: {exc}") \
+                        from exc
+                return _PENALTY, np.zeros_like(x)
             if not np.all(np.isfinite(g)):
                 return _PENALTY, np.zeros_like(x)
             state["eta"] = eta.detach()
-            return float(total), g
+            return float(total.detach()), g
 
         history: list[dict] = []
 
@@ -296,7 +316,8 @@ class ClassicalEstimator:
             elapsed_seconds=time.perf_counter() - started,
             options={"method": method, "max_iter": self.max_iter, "gtol": self.gtol, "gradient": self.gradient,
                      "covariance": self.covariance, "importance_samples": self.importance_samples,
-                     "importance_df": self.importance_df, "seed": self.seed, "inner_tol": self.inner_tol})
+                     "importance_df": self.importance_df, "seed": self.seed, "inner_tol": self.inner_tol,
+                     "cpu_threads": self.cpu_threads})
 
     # --------------------------------------------------------------- helpers
     @staticmethod

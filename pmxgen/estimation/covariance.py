@@ -18,6 +18,9 @@ __all__ = ["CovarianceResult", "covariance_step", "COVARIANCE_KINDS", "finite_di
 #: Accepted covariance kinds.
 COVARIANCE_KINDS = ("sandwich", "R", "S")
 
+#: Smallest eigenvalue ratio (smallest/largest) accepted as positive definite, per matrix.
+RANK_TOLERANCE = {"R": 1e-8, "S": 1e-12}
+
 
 @dataclass(frozen=True)
 class CovarianceResult:
@@ -89,7 +92,9 @@ def covariance_step(phi: np.ndarray, names: Sequence[str], total_gradient: Calla
         if m is None:
             continue
         w = np.linalg.eigvalsh(m)
-        if w[0] <= 1e-12 * max(abs(w[-1]), 1e-300):
+        # R comes from finite differences (relative accuracy ~1e-8), S is exact.
+        floor = RANK_TOLERANCE[label]
+        if w[0] <= floor * max(abs(w[-1]), 1e-300):
             return CovarianceResult(None, "failed", f"the {label} matrix is not positive definite "
                                     f"({_weakest(m, names)}): a parameter may be unidentifiable or at a boundary",
                                     float("nan"), kind, r, s)

@@ -89,13 +89,15 @@ def importance_sampling(model: PopulationModel, values: PopulationValues, batch:
     if chunk_size is None:
         chunk_size = max(1, min(n_samples, 1_000_000 // max(n * j, 1)))
     log_w = torch.empty(n_samples, n, dtype=dtype, device=device)
+    # All random numbers up front, so that chunk_size changes memory use only, not the draws.
+    z_all = torch.randn(n_samples, n, k, generator=gen, dtype=dtype, device=device)
+    chi2_all = (torch.randn(n_samples, n, df, generator=gen, dtype=dtype, device=device) ** 2).sum(-1)
     start = 0
     rep_cache: dict[int, SubjectBatch] = {}
     with torch.no_grad():
         while start < n_samples:
             m = min(chunk_size, n_samples - start)
-            z = torch.randn(m, n, k, generator=gen, dtype=dtype, device=device)
-            chi2 = (torch.randn(m, n, df, generator=gen, dtype=dtype, device=device) ** 2).sum(-1)
+            z, chi2 = z_all[start:start + m], chi2_all[start:start + m]
             draws = eta_hat + (chol @ z[..., None])[..., 0] * torch.sqrt(df / chi2)[..., None]
             if m not in rep_cache:
                 rep_cache[m] = batch.repeat(m)

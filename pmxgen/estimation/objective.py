@@ -102,8 +102,20 @@ def subject_objective(model: NLMEModel, values: PopulationValues, batch: Subject
                       method: str) -> SubjectObjective:
     """Each subject's approximate −2 log-likelihood (OFV convention), differentiable in ``values``.
 
-    ``eta_hat`` are the converged EBEs for ``values`` (ignored by FO).
+    ``eta_hat`` are the converged EBEs for ``values`` (ignored by FO). Works under
+    ``torch.no_grad()`` too (the η-derivatives it needs are taken with autograd enabled).
     """
+    with torch.enable_grad():
+        return _subject_objective(model, values, batch, eta_hat, method)
+
+
+def _detached_values(values: PopulationValues) -> PopulationValues:
+    return PopulationValues(theta={k: v.detach() for k, v in values.theta.items()}, omega=values.omega.detach(),
+                            sigma={k: v.detach() for k, v in values.sigma.items()})
+
+
+def _subject_objective(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, eta_hat: torch.Tensor,
+                       method: str) -> SubjectObjective:
     if method not in METHODS:
         raise EstimationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     data = model.observed(batch)
@@ -119,10 +131,9 @@ def subject_objective(model: NLMEModel, values: PopulationValues, batch: Subject
     chol, info = torch.linalg.cholesky_ex(hess)
     if bool((info != 0).any()):
         # Not at a strict mode for some subject: fall back to the expected curvature there.
-        with torch.no_grad():
-            lin0 = linearize(model, eta.detach(), values, batch, variance_at=None if var_ref is None
-                             else var_ref.detach())
-            fisher = 2.0 * fisher_information(lin0, omega.detach(), data)
+        lin0 = linearize(model, eta.detach(), _detached_values(values), batch,
+                         variance_at=None if var_ref is None else var_ref.detach())
+        fisher = 2.0 * fisher_information(lin0, omega.detach(), data).detach()
         hess = torch.where((info != 0)[:, None, None], fisher, hess)
         chol = torch.linalg.cholesky(hess)
     eta_t = eta.detach() - torch.cholesky_solve(grad[..., None], chol)[..., 0]

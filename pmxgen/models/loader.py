@@ -34,7 +34,12 @@ def load_model_file(path: str | Path, data=None) -> PopulationModel:
     except Exception as exc:
         raise ModelError(f"model file {path} failed to run: {type(exc).__name__}: {exc}") from exc
     if "build" in namespace and callable(namespace["build"]):
-        model = namespace["build"](data)
+        try:
+            model = namespace["build"](data)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"model file {path}: build(data) failed: {type(exc).__name__}: {exc}") from exc
     elif "model" in namespace:
         model = namespace["model"]
     else:

@@ -298,10 +298,20 @@ class _CovariateView(dict):
         super().__init__(values)
         self._upper = {k.upper(): k for k in values}
 
+    def _real(self, key):
+        if dict.__contains__(self, key):
+            return key
+        return self._upper.get(str(key).upper())
+
     def __getitem__(self, key):
-        if key in self.keys():
-            return dict.__getitem__(self, key)
-        real = self._upper.get(str(key).upper())
+        real = self._real(key)
         if real is None:
             raise KeyError(key)
         return dict.__getitem__(self, real)
+
+    def __contains__(self, key) -> bool:
+        return self._real(key) is not None
+
+    def get(self, key, default=None):
+        real = self._real(key)
+        return default if real is None else dict.__getitem__(self, real)

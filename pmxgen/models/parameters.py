@@ -117,6 +117,9 @@ class OmegaBlock:
             diagonal = False if self.diagonal is None else self.diagonal
             if not np.allclose(init, init.T):
                 raise ModelError(f"omega block {names}: the initial matrix is not symmetric")
+            if diagonal and np.any(init[~np.eye(k, dtype=bool)] != 0):
+                raise ModelError(f"omega block {names}: diagonal=True but the initial matrix has non-zero "
+                                 f"covariances; give variances only, or diagonal=False to estimate them")
         else:
             raise ModelError(f"omega block {names}: initial values of shape {init.shape}; expected ({k},) or ({k}, {k})")
         if not np.all(np.isfinite(init)):
@@ -235,7 +238,7 @@ class ParameterSet:
         for i, t in enumerate(self.theta):
             entries.append(("theta", i, None, t.name, t.fixed))
         for bi, b in enumerate(self.omega):
-            idx = [(i, i) for i in range(b.size)] if b.diagonal or b.fixed else b.element_index()
+            idx = b.element_index()
             for (r, c) in idx:
                 label = f"OMEGA({b.names[r]})" if r == c else f"OMEGA({b.names[r]},{b.names[c]})"
                 entries.append(("omega", bi, (r, c), label, b.fixed))
@@ -258,7 +261,10 @@ class ParameterSet:
 
     def kind_of(self, name: str) -> str:
         """'theta', 'omega' or 'sigma'."""
-        return next(e[0] for e in self._entries if e[3] == name)
+        for e in self._entries:
+            if e[3] == name:
+                return e[0]
+        raise ModelError(f"unknown parameter {name!r}; parameters are {', '.join(self.all_names)}")
 
     # ----------------------------------------------------------------- values
     def initial_natural(self, dtype=torch.float64, device=None) -> torch.Tensor:

@@ -151,7 +151,7 @@ class LinearCompartmentModel(StructuralModel):
             raise ModelError(f"{self.name} predicts the central compartment (CMT {self.central_index() + 1}) only; "
                              f"an observation record names another CMT")
         dose_coef = coef.gather(1, doses.cmt.unsqueeze(-1).expand(-1, -1, coef.shape[-1]))
-        if bool(torch.isnan(dose_coef[doses.mask]).any()):
+        if bool((doses.mask & (doses.cmt > self.central_index())).any()):
             from ..errors import ModelError
             raise ModelError(f"{self.name}: doses into a peripheral compartment are not supported; dose into "
                              f"CMT {'1 (depot) or 2 (central)' if self.has_depot else '1 (central)'}")
