@@ -40,6 +40,17 @@ class _TensorGroup:
                 changes[f.name] = value.to(device, dtype)
         return replace(self, **changes)
 
+    def select(self, index: torch.Tensor):
+        """The subjects at ``index`` (a 1-d tensor of positions), in that order."""
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor) and value.dim() >= 1:
+                changes[f.name] = value.index_select(0, index.to(value.device))
+            elif isinstance(value, _TensorGroup):
+                changes[f.name] = value.select(index)
+        return replace(self, **changes)
+
     def repeat(self, times: int):
         """Every subject ``times`` times (copy-major: rows ``c*N + i``), for evaluating many draws at once."""
         changes = {}

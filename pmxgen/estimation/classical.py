@@ -79,7 +79,7 @@ class ClassicalEstimator:
 
     def __init__(self, method: str = "focei", *, max_iter: int = 500, gtol: float = 1e-4, gradient: str = "exact",
                  covariance: str | None = "sandwich", importance_samples: int = 0, importance_df: int = 4,
-                 inner_max_iter: int = 100, inner_tol: float = 1e-10, seed: int = 0,
+                 inner_max_iter: int = 100, inner_tol: float = 1e-8, seed: int = 0,
                  progress: bool | Callable = False, progress_every: int = 10, cpu_threads: int | None = 1):
         self.method = method
         self.max_iter = max_iter

@@ -34,17 +34,6 @@ class EBEResult:
     iterations: int
 
 
-def _objective_at(model, eta, values, batch, omega, data, variance_at):
-    with torch.no_grad():
-        try:
-            m, v = model.moments(eta, values, batch, variance_at=variance_at)
-        except (IntegrationError, ModelError):
-            # A trial point the model cannot evaluate (e.g. a stiff ODE): reject it.
-            return torch.full(eta.shape[:1], float("inf"), dtype=eta.dtype, device=eta.device)
-        obj = inner_objective(model, m, v, eta, omega, data)
-    return torch.where(torch.isfinite(obj), obj, torch.full_like(obj, float("inf")))
-
-
 def solve_ebes(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, eta0: torch.Tensor, *,
                variance_at: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-10,
                max_halvings: int = 30) -> EBEResult:
@@ -63,51 +52,93 @@ def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings)
     data = model.observed(batch)
     eta = eta0.detach().clone()
     n, k = eta.shape
-    converged = torch.zeros(n, dtype=torch.bool, device=eta.device)
-    obj = _objective_at(model, eta, values, batch, omega, data, variance_at)
+    everyone = _Problem(model, values, batch, omega, data, variance_at)
+    obj = everyone.objective(eta)
     restart = ~torch.isfinite(obj)
     if bool(restart.any()):
         eta[restart] = 0.0
-        obj = _objective_at(model, eta, values, batch, omega, data, variance_at)
+        obj = everyone.objective(eta)
     if k == 0:
         return EBEResult(eta, obj, torch.ones(n, dtype=torch.bool, device=eta.device), 0)
-    prior_sd = torch.sqrt(torch.diagonal(omega, dim1=-2, dim2=-1))
+    converged = torch.zeros(n, dtype=torch.bool, device=eta.device)
+    # Subjects leave the computation once converged (not with IOV: the η layout depends on the batch).
+    can_subset = not getattr(model, "iov_names", ())
     it = 0
     for it in range(1, max_iter + 1):
-        e = eta.clone().requires_grad_(True)
-        m, v = model.moments(e, values, batch, variance_at=variance_at)
-        cur = inner_objective(model, m, v, e, omega, data)
-        grad, hess = exact_eta_hessian(cur, e, create_graph=False)
+        idx = torch.nonzero(~converged).flatten()
+        if idx.numel() == 0:
+            break
+        sub = everyone if (not can_subset or idx.numel() == n) else everyone.select(idx)
+        e_sub = eta[idx].clone()
+        grad, hess, cur = sub.derivatives(e_sub)
         with torch.no_grad():
-            grad = grad.detach()
-            step = -_modified_newton_solve(hess.detach(), grad)
+            step = -_modified_newton_solve(hess, grad)
             step = torch.where(torch.isfinite(step), step, -grad * 1e-3)
             # At most MAX_STEP prior SDs per Newton step in any η.
-            ratio = (step.abs() / (MAX_STEP * prior_sd)).amax(-1, keepdim=True).clamp_min(1.0)
+            ratio = (step.abs() / (MAX_STEP * sub.prior_sd)).amax(-1, keepdim=True).clamp_min(1.0)
             step = step / ratio
             decrement = -(grad * step).sum(-1)
-            converged = converged | (decrement.abs() < tol)
-            active = ~converged
-            if not bool(active.any()):
-                break
-            obj = cur.detach()
-            alpha = torch.ones(n, dtype=eta.dtype, device=eta.device)
-            pending = active.clone()
-            new_eta = eta.clone()
+            done = decrement.abs() < tol
+            pending = ~done
+            alpha = torch.ones(idx.numel(), dtype=eta.dtype, device=eta.device)
+            new_eta = e_sub.clone()
+            best = cur
             for _ in range(max_halvings):
-                trial = eta + alpha[:, None] * step
-                trial_obj = _objective_at(model, trial, values, batch, omega, data, variance_at)
-                ok = pending & (trial_obj <= obj - 1e-4 * alpha * decrement)
-                new_eta[ok] = trial[ok]
-                obj = torch.where(ok, trial_obj, obj)
-                pending = pending & ~ok
                 if not bool(pending.any()):
                     break
+                trial = e_sub + alpha[:, None] * step
+                trial_obj = sub.objective(trial)
+                ok = pending & (trial_obj <= cur - 1e-4 * alpha * decrement)
+                new_eta[ok] = trial[ok]
+                best = torch.where(ok, trial_obj, best)
+                pending = pending & ~ok
                 alpha = torch.where(pending, alpha * 0.5, alpha)
             # No acceptable step: the subject sits at a mode to working precision.
-            converged = converged | pending
-            eta = new_eta
+            done = done | pending
+            eta[idx] = new_eta
+            obj[idx] = best
+            converged[idx] = done
     return EBEResult(eta.detach(), obj.detach(), converged, it)
+
+
+class _Problem:
+    """The inner objective for a set of subjects (all, or a selection of them)."""
+
+    def __init__(self, model, values, batch, omega, data, variance_at):
+        self.model, self.values, self.batch, self.omega, self.data = model, values, batch, omega, data
+        self.variance_at = variance_at
+        self.prior_sd = torch.sqrt(torch.diagonal(omega, dim1=-2, dim2=-1))
+
+    def select(self, idx: torch.Tensor) -> "_Problem":
+        n = self.batch.n_subjects
+
+        def pick(t):
+            return t.index_select(0, idx) if (t is not None and t.dim() >= 1 and t.shape[0] == n) else t
+
+        values = PopulationValues(theta={k: pick(v) for k, v in self.values.theta.items()},
+                                  omega=self.values.omega if self.values.omega.dim() < 3 else pick(self.values.omega),
+                                  sigma={k: pick(v) for k, v in self.values.sigma.items()})
+        omega = self.omega if self.omega.dim() < 3 else pick(self.omega)
+        data = ObservedData(y=pick(self.data.y), mask=pick(self.data.mask), blq=pick(self.data.blq),
+                            lloq=pick(self.data.lloq))
+        return _Problem(self.model, values, self.batch.select(idx), omega, data, pick(self.variance_at))
+
+    def objective(self, eta: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            try:
+                m, v = self.model.moments(eta, self.values, self.batch, variance_at=self.variance_at)
+            except (IntegrationError, ModelError):
+                # A trial point the model cannot evaluate (e.g. a stiff ODE): reject it.
+                return torch.full(eta.shape[:1], float("inf"), dtype=eta.dtype, device=eta.device)
+            obj = inner_objective(self.model, m, v, eta, self.omega, self.data)
+        return torch.where(torch.isfinite(obj), obj, torch.full_like(obj, float("inf")))
+
+    def derivatives(self, eta: torch.Tensor):
+        e = eta.clone().requires_grad_(True)
+        m, v = self.model.moments(e, self.values, self.batch, variance_at=self.variance_at)
+        cur = inner_objective(self.model, m, v, e, self.omega, self.data)
+        grad, hess = exact_eta_hessian(cur, e, create_graph=False)
+        return grad.detach(), hess.detach(), cur.detach()
 
 
 def _modified_newton_solve(hess: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
