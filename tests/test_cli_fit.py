@@ -61,3 +61,14 @@ def test_fit_errors_are_clean(tmp_path, capsys):
     assert "pmxgen: error:" in err and "proportional" in err and "row" in err
     with pytest.raises(SystemExit, match="neither a .py model file nor a built-in model"):
         main(["fit", "theophylline", "--model", "7cmt_magic"])
+
+
+def test_readme_model_file_example_fits(tmp_path, capsys):
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("# my_model.py")
+    code = readme[start:readme.index("```", start)]
+    (tmp_path / "my_model.py").write_text(code)
+    assert main(["fit", "theophylline", "--model", str(tmp_path / "my_model.py"), "--covariance", "none",
+                 "--quiet"]) == 0
+    assert "OMEGA(CL,KA)" in capsys.readouterr().out

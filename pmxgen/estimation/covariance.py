@@ -50,7 +50,7 @@ def finite_difference_hessian(gradient: Callable[[np.ndarray], np.ndarray], x: n
 def _weakest(matrix: np.ndarray, names: Sequence[str]) -> str:
     w, v = np.linalg.eigh(matrix)
     k = int(np.argmax(np.abs(v[:, 0])))
-    return f"smallest eigenvalue {w[0]:.3g}, mostly along {names[k]}"
+    return f"smallest eigenvalue of the scaled matrix {w[0]:.3g}, mostly along {names[k]}"
 
 
 def covariance_step(phi: np.ndarray, names: Sequence[str], total_gradient: Callable[[np.ndarray], np.ndarray],
@@ -91,13 +91,21 @@ def covariance_step(phi: np.ndarray, names: Sequence[str], total_gradient: Calla
     for label, m in (("R", r), ("S", s)):
         if m is None:
             continue
-        w = np.linalg.eigvalsh(m)
-        # R comes from finite differences (relative accuracy ~1e-8), S is exact.
-        floor = RANK_TOLERANCE[label]
-        if w[0] <= floor * max(abs(w[-1]), 1e-300):
+        # Judge definiteness on the scale-free matrix D^-1/2 M D^-1/2 (parameters differ in
+        # magnitude by many orders); R comes from finite differences (relative accuracy ~1e-8),
+        # S is exact.
+        d = np.diag(m)
+        if np.any(d <= 0):
+            k = int(np.argmin(d))
+            return CovarianceResult(None, "failed", f"the {label} matrix is not positive definite (diagonal "
+                                    f"element of {names[k]} is {d[k]:.3g}): a parameter may be unidentifiable or "
+                                    f"at a boundary", float("nan"), kind, r, s)
+        scaled = m / np.sqrt(np.outer(d, d))
+        w = np.linalg.eigvalsh(scaled)
+        if w[0] <= RANK_TOLERANCE[label] * max(abs(w[-1]), 1e-300):
             return CovarianceResult(None, "failed", f"the {label} matrix is not positive definite "
-                                    f"({_weakest(m, names)}): a parameter may be unidentifiable or at a boundary",
-                                    float("nan"), kind, r, s)
+                                    f"({_weakest(scaled, names)}): a parameter may be unidentifiable or at a "
+                                    f"boundary", float("nan"), kind, r, s)
     if kind == "sandwich":
         r_inv = np.linalg.inv(r)
         cov = r_inv @ s @ r_inv

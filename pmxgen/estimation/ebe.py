@@ -68,7 +68,9 @@ def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings)
         idx = torch.nonzero(~converged).flatten()
         if idx.numel() == 0:
             break
-        sub = everyone if (not can_subset or idx.numel() == n) else everyone.select(idx)
+        if not can_subset:
+            idx = torch.arange(n, device=eta.device)
+        sub = everyone if idx.numel() == n else everyone.select(idx)
         e_sub = eta[idx].clone()
         grad, hess, cur = sub.derivatives(e_sub)
         with torch.no_grad():
