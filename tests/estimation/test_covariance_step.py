@@ -18,15 +18,6 @@ from pmxgen.estimation import FitResult, covariance_step, solve_ebes, subject_ob
 from pmxgen.models import NLMEModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add wake-up latency (8x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------ a known objective
 class Known:
     """OFVᵢ(φ) = (φ − aᵢ)ᵀBᵢ(φ − aᵢ) + cᵢ φ₀³ for 7 subjects, 3 parameters (derivatives by hand)."""

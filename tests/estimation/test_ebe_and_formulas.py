@@ -24,35 +24,12 @@ import pmxgen
 from pmxgen.estimation import solve_ebes, subject_objective
 from pmxgen.estimation.objective import variance_reference
 from pmxgen.models import NLMEModel, OmegaBlock
-from pmxgen.structural.base import StructuralModel
+from linear_gaussian import LinearInTime
 
 LOG2PI = math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add wake-up latency (8x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------- linear-Gaussian model
-class LinearInTime(StructuralModel):
-    """f = A + B·t (ignores doses)."""
-
-    compartments = ("central",)
-    parameters = ("A", "B")
-    name = "linear_in_time"
-
-    def predict(self, params, batch):
-        p = self.check_parameters(params, batch)
-        t = batch.obs.time
-        f = p["A"][:, None] + p["B"][:, None] * t
-        return torch.where(batch.obs.mask, f, torch.zeros_like(f))
-
-
 def _linear_individual(theta, eta, covariates):
     return {"A": theta["TA"] + eta["A"], "B": theta["TB"] + eta["B"]}
 

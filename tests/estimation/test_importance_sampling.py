@@ -22,18 +22,9 @@ from pmxgen.errors import EstimationError
 from pmxgen.estimation import FitResult, importance_sampling, solve_ebes, subject_objective
 from pmxgen.estimation.importance import multivariate_t_log_density
 from pmxgen.models import NLMEModel, OmegaBlock, Theta
-from pmxgen.structural.base import StructuralModel
+from linear_gaussian import LinearInTime
 
 LOG2PI = math.log(2 * math.pi)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add wake-up latency (8x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _modes_and_curvature(model, values, batch, method="laplace"):
@@ -69,17 +60,6 @@ def test_multivariate_t_density_normalises():
 
 
 # ------------------------------------------------------------------------------ linear Gaussian
-class LinearInTime(StructuralModel):
-    compartments = ("central",)
-    parameters = ("A", "B")
-    name = "linear_in_time"
-
-    def predict(self, params, batch):
-        p = self.check_parameters(params, batch)
-        f = p["A"][:, None] + p["B"][:, None] * batch.obs.time
-        return torch.where(batch.obs.mask, f, torch.zeros_like(f))
-
-
 OMEGA_LIN = np.array([[1.5, 0.2], [0.2, 0.08]])
 SIGMA_LIN = 0.4
 

@@ -19,15 +19,6 @@ from pmxgen.models import NLMEModel, OmegaBlock
 METHODS = ("fo", "foce", "focei", "laplace")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add wake-up latency (8x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _total_ofv(model, batch, phi, eta0, method):
     """Σ OFV at φ (differentiable in φ when it requires grad) and the EBEs used."""
     ps = model.parameters
