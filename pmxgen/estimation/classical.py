@@ -325,7 +325,7 @@ class ClassicalEstimator:
         with torch.no_grad():
             phi = ps.from_unconstrained(torch.as_tensor(x, dtype=dtype, device=device))
         total, _ = objective_at_phi(phi, eta)
-        return float(total)
+        return float(total.detach())
 
     @staticmethod
     def _finite_difference(x: np.ndarray, value: Callable[[np.ndarray], float], step: float = 1e-5) -> np.ndarray:

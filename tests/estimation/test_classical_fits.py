@@ -225,3 +225,13 @@ def test_summary_opens_with_checklist_and_has_parameter_table(r_foce):
     assert r_foce.aic == pytest.approx(r_foce.minus2ll + 2 * 6)
     assert r_foce.bic == pytest.approx(r_foce.minus2ll + 6 * math.log(132))
     assert r_foce.minus2ll == pytest.approx(r_foce.ofv + 132 * math.log(2 * math.pi))
+
+
+def test_finite_difference_gradient_option_reaches_the_same_optimum(theoph, theoph_methods):
+    model = build_model("1cmt_oral", theoph, error="additive", iiv=("KA", "CL"))
+    fit = pmxgen.fit(model, theoph, method="focei", covariance=None, gradient="finite")
+    assert fit.status == "converged"
+    assert fit.ofv == pytest.approx(theoph_methods["focei"].ofv, abs=1e-3)
+    assert fit.options["gradient"] == "finite"
+    with pytest.raises(pmxgen.EstimationError, match="gradient"):
+        pmxgen.fit(model, theoph, gradient="numeric")
