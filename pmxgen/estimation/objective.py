@@ -123,6 +123,11 @@ def _subject_objective(model: NLMEModel, values: PopulationValues, batch: Subjec
         return _fo(model, values, batch, data)
     omega = model.omega_matrix(values, batch)
     var_ref = variance_reference(model, values, batch, method)
+    if eta_hat.shape[-1] == 0:
+        # No random effects: the likelihood itself, no approximation.
+        m, v = model.moments(eta_hat.detach(), values, batch, variance_at=var_ref)
+        ofv = model.observation_neg2ll(m, v, data).sum(-1) - _LOG2PI * log_two_pi_count(data)
+        return SubjectObjective(ofv=ofv, curvature=m.new_zeros(m.shape[0], 0, 0))
     eta = eta_hat.detach().clone().requires_grad_(True)
     m, v = model.moments(eta, values, batch, variance_at=var_ref)
     inner = inner_objective(model, m, v, eta, omega, data)

@@ -220,3 +220,29 @@ def test_finite_difference_gradient_option_reaches_the_same_optimum(theoph, theo
     assert fit.options["gradient"] == "finite"
     with pytest.raises(pmxgen.EstimationError, match="gradient"):
         pmxgen.fit(model, theoph, gradient="numeric")
+
+
+@pytest.mark.parametrize("method", ["fo", "focei", "laplace"])
+def test_model_without_random_effects_is_nonlinear_least_squares(theoph, method):
+    """Naive pooled fit: every method reduces to ML with additive error = least squares (scipy)."""
+    from scipy.optimize import least_squares
+
+    frame = theoph.observation_frame(np.zeros((theoph.n_subjects, theoph.batch.obs.time.shape[1])), "X")
+    wt_dose = theoph.to_frame().query("EVID == 1").set_index("ID")["AMT"].astype(float)
+    t = frame["TIME"].to_numpy(float)
+    dose = frame["ID"].map(wt_dose).to_numpy(float)
+    y = frame["DV"].to_numpy(float)
+
+    def residual(p):
+        ka, cl, v = np.exp(p)
+        k = cl / v
+        return y - dose * ka / (v * (ka - k)) * (np.exp(-k * t) - np.exp(-ka * t))
+
+    ls = least_squares(residual, np.log([1.5, 3.0, 30.0]), xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    rss, n = float(ls.fun @ ls.fun), y.size
+    model = build_model("1cmt_oral", theoph, error="additive", iiv=())
+    fit = pmxgen.fit(model, theoph, method=method)
+    for name, value in zip(("KA", "CL", "V"), np.exp(ls.x)):
+        assert fit.estimates[name] == pytest.approx(value, rel=1e-4)
+    assert fit.estimates["SIGMA(ADD)"] == pytest.approx(rss / n, rel=1e-4)
+    assert fit.minus2ll == pytest.approx(n * math.log(2 * math.pi * rss / n) + n, abs=1e-4)
