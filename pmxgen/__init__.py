@@ -35,7 +35,8 @@ _EXPORTS = {
     "FOCEI": "pmxgen.estimation",
     "Laplace": "pmxgen.estimation",
 }
-_SUBMODULES = ("data", "structural", "simulation", "datasets", "errors", "models", "estimation", "diagnostics")
+_SUBMODULES = ("data", "structural", "simulation", "datasets", "errors", "models", "estimation", "diagnostics",
+               "report")
 
 __all__ = sorted(list(_EXPORTS) + list(_SUBMODULES) + ["__version__"])
 
