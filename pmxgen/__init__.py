@@ -34,9 +34,12 @@ _EXPORTS = {
     "FOCE": "pmxgen.estimation",
     "FOCEI": "pmxgen.estimation",
     "Laplace": "pmxgen.estimation",
+    "Run": "pmxgen.runs",
+    "load_run": "pmxgen.runs",
+    "fitted_values": "pmxgen.runs",
 }
 _SUBMODULES = ("data", "structural", "simulation", "datasets", "errors", "models", "estimation", "diagnostics",
-               "report")
+               "report", "runs")
 
 __all__ = sorted(list(_EXPORTS) + list(_SUBMODULES) + ["__version__"])
 

@@ -46,7 +46,7 @@ def _load(data: str, occasion: str | None = None):
     if Path(data).exists():
         return pmxgen.read_nonmem(data, occasion=occasion)
     if data in pmxgen.datasets.list():
-        return pmxgen.datasets.load(data)
+        return pmxgen.datasets.load(data, **({"occasion": occasion} if occasion else {}))
     raise SystemExit(f"pmxgen: {data!r} is neither a file nor a bundled dataset "
                      f"({', '.join(pmxgen.datasets.list())})")
 

@@ -1,6 +1,7 @@
 """The :class:`Dataset`: validated NONMEM records plus their padded tensors."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -132,8 +133,11 @@ class Dataset:
     # ------------------------------------------------------------ conversions
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Dataset":
         """A copy whose tensors live on ``device`` with floating dtype ``dtype``."""
-        return Dataset(self._records, self._frame, self.batch.to(device, dtype), self.ignored_lines,
-                       self._n_obs_per_subject, {**self._options})
+        moved = Dataset(self._records, self._frame, self.batch.to(device, dtype), self.ignored_lines,
+                        self._n_obs_per_subject, {**self._options})
+        if hasattr(self, "bundled_name"):
+            moved.bundled_name = self.bundled_name
+        return moved
 
     def to_frame(self) -> pd.DataFrame:
         """Every original row and column, in file order ('.' read as NaN).
@@ -179,6 +183,18 @@ class Dataset:
         frame = self._frame.loc[keep]
         from .reader import read_nonmem
         return read_nonmem(frame, **self._read_options())
+
+    @property
+    def recipe(self) -> dict:
+        """How to read this dataset again: file (or bundled name) and the JSON-safe read options.
+
+        Stored in a FitResult so that a results folder can be reloaded (:func:`pmxgen.load_run`).
+        """
+        opts = {k: v for k, v in self._read_options().items() if k not in ("dtype", "device")}
+        opts["ignore"] = list(opts["ignore"]) if isinstance(opts.get("ignore"), (list, tuple)) else opts.get("ignore")
+        source = self.source
+        return {"source": source if source == "<DataFrame>" else str(Path(source).resolve()),
+                "dataset": getattr(self, "bundled_name", None), "read_options": opts}
 
     def _read_options(self) -> dict:
         opts = dict(self._options)

@@ -449,7 +449,8 @@ def read_nonmem(data: str | os.PathLike | pd.DataFrame, *, columns: Mapping[str,
     frame = _typed_frame(cells)
     frame.columns = frame_columns
     options = {"columns": dict(records.columns.standard), "covariates": list(records.columns.covariates),
-               "categorical": list(records.categories), "occasion": occasion, "dtype": dtype, "device": device}
+               "categorical": list(records.categories), "occasion": occasion, "dtype": dtype, "device": device,
+               "sep": sep, "ignore": ignore}
     return Dataset._from_records(records, frame, ignored, dtype=dtype, device=device, options=options)
 
 

@@ -133,7 +133,9 @@ def load(name: str, **read_kwargs):
     """
     from ..data import read_nonmem
     options = {**READ_OPTIONS.get(name, {}), **read_kwargs}
-    return read_nonmem(path(name), **options)
+    dataset = read_nonmem(path(name), **options)
+    dataset.bundled_name = name
+    return dataset
 
 
 def truth(name: str) -> dict:

@@ -317,7 +317,8 @@ class ClassicalEstimator:
             options={"method": method, "max_iter": self.max_iter, "gtol": self.gtol, "gradient": self.gradient,
                      "covariance": self.covariance, "importance_samples": self.importance_samples,
                      "importance_df": self.importance_df, "seed": self.seed, "inner_tol": self.inner_tol,
-                     "cpu_threads": self.cpu_threads})
+                     "cpu_threads": self.cpu_threads},
+            model_recipe=getattr(model, "recipe", None), data_recipe=data.recipe)
 
     # --------------------------------------------------------------- helpers
     @staticmethod

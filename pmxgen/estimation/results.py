@@ -47,6 +47,9 @@ class FitResult:
         Per iteration: ``iteration``, ``ofv`` and the parameter values.
     importance_sampling : dict or None
         −2LL by importance sampling at the estimates, with its Monte Carlo SE.
+    model_recipe, data_recipe : dict or None
+        How to rebuild the model and re-read the data (see :func:`pmxgen.load_run`); None when
+        the model was built in Python without a recipe.
 
     Examples
     --------
@@ -87,6 +90,8 @@ class FitResult:
     importance_sampling: dict | None = None
     elapsed_seconds: float = float("nan")
     options: dict = field(default_factory=dict)
+    model_recipe: dict | None = None
+    data_recipe: dict | None = None
 
     # ------------------------------------------------------------ derived
     @property

@@ -34,6 +34,9 @@ class PopulationModel(ABC):
     #: The parameters (θ, Ω, σ) with their initial values, bounds and fixed flags.
     parameters: ParameterSet
     name: str = "population model"
+    #: How to rebuild this model (set by :func:`~pmxgen.models.build_model` and the model-file
+    #: loader; stored in the FitResult so that a results folder can be reloaded), or None.
+    recipe: dict | None = None
 
     def eta_names(self, batch: SubjectBatch) -> tuple[str, ...]:
         """Names of the columns of η for this batch."""

@@ -183,8 +183,14 @@ def build_model(name: str, data=None, *, error: str | ResidualError = "combined"
     else:
         omega = [OmegaBlock([p], [omega_init]) for p in iiv]
     iov_blocks = [OmegaBlock([f"IOV_{p}"], [omega_init / 2]) for p in iov]
-    return NLMEModel(structural, theta=thetas, omega=omega, error=err, iov=iov_blocks or None,
-                     name=f"{name} ({err.kind} error; IIV on {', '.join(iiv) or 'none'}"
-                          f"{'; IOV on ' + ', '.join(iov) if iov else ''})")
+    model = NLMEModel(structural, theta=thetas, omega=omega, error=err, iov=iov_blocks or None,
+                      name=f"{name} ({err.kind} error; IIV on {', '.join(iiv) or 'none'}"
+                           f"{'; IOV on ' + ', '.join(iov) if iov else ''})")
+    if not isinstance(error, ResidualError):
+        model.recipe = {"library": name, "error": error, "iiv": list(iiv), "iov": list(iov),
+                        "omega_init": float(omega_init), "full_omega": bool(full_omega),
+                        "init": {k: float(v) for k, v in dict(init or {}).items()},
+                        "sigma_init": {k: float(v) for k, v in dict(sigma_init or {}).items()}}
+    return model
 
 

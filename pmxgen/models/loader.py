@@ -47,4 +47,5 @@ def load_model_file(path: str | Path, data=None) -> PopulationModel:
                          f"returning the model")
     if not isinstance(model, PopulationModel):
         raise ModelError(f"model file {path}: the model is a {type(model).__name__}, not a pmxgen PopulationModel")
+    model.recipe = {"file": str(path.resolve())}
     return model
