@@ -47,6 +47,9 @@ class FitResult:
         Per iteration: ``iteration``, ``ofv`` and the parameter values.
     importance_sampling : dict or None
         −2LL by importance sampling at the estimates, with its Monte Carlo SE.
+    posterior_draws : numpy.ndarray or None
+        Draws ``[S, N, K]`` of each subject's η from its conditional distribution, where the
+        estimator makes them (MCMC of SAEM/MCEM, variational posteriors); None otherwise.
     model_recipe, data_recipe : dict or None
         How to rebuild the model and re-read the data (see :func:`pmxgen.load_run`); None when
         the model was built in Python without a recipe.
@@ -92,6 +95,7 @@ class FitResult:
     options: dict = field(default_factory=dict)
     model_recipe: dict | None = None
     data_recipe: dict | None = None
+    posterior_draws: Any = None
 
     # ------------------------------------------------------------ derived
     @property
