@@ -18,13 +18,13 @@ import torch
 from scipy import optimize
 
 from ..data.dataset import Dataset
-from ..diagnostics.residuals import epsilon_shrinkage, eta_shrinkage, nlme_residuals
 from ..errors import ConvergenceWarning, EstimationError, IntegrationError, ModelError
 from ..models.nlme import NLMEModel
 from .covariance import COVARIANCE_KINDS, covariance_step
 from .ebe import solve_ebes
-from .importance import importance_sampling
-from .objective import METHODS, log_two_pi_count, subject_objective, variance_reference
+from .importance import importance_sampling, importance_summary
+from .objective import METHODS, subject_objective, variance_reference
+from .posthoc import minus2ll_offset, posthoc_tables
 from .results import FitResult
 
 __all__ = ["ClassicalEstimator", "FO", "FOCE", "FOCEI", "Laplace", "fit"]
@@ -253,12 +253,9 @@ class ClassicalEstimator:
                                                                                                    device=device),
                              variance_at=ref, max_iter=self.inner_max_iter, tol=self.inner_tol).eta
         so = subject_objective(model, values, batch, eta_hat, method)
-        data_obs = model.observed(batch)
         ofv = float(so.ofv.detach().sum())
-        n_density = int(log_two_pi_count(data_obs).sum())
-        minus2ll = ofv + n_density * _LOG2PI
-        if model.error.log_scale:
-            minus2ll += float(2.0 * data_obs.y[data_obs.normal].sum())
+        offset, n_density = minus2ll_offset(model, batch)
+        minus2ll = ofv + offset
         curvature = so.curvature
         if curvature is None:
             so_post = subject_objective(model, values, batch, eta_hat, "focei")
@@ -275,20 +272,11 @@ class ClassicalEstimator:
         if self.importance_samples:
             isr = importance_sampling(model, values, batch, eta_hat, curvature, n_samples=int(self.importance_samples),
                                       df=int(self.importance_df), seed=self.seed)
-            is_dict = isr.as_dict(n_density)
-            if model.error.log_scale:
-                is_dict["note"] = "on the log scale plus the Jacobian 2*sum(log DV), like minus2ll"
-                is_dict["minus2ll"] += float(2.0 * data_obs.y[data_obs.normal].sum())
+            is_dict = importance_summary(isr, model, batch)
 
-        residuals = nlme_residuals(model, values, batch, eta_hat)
-        table = self._observation_table(data, residuals)
+        tables = posthoc_tables(model, data, values, eta_hat)
         eta_names = model.eta_names(batch)
         eta_np = eta_hat.detach().cpu().numpy()
-        omega_diag = torch.diagonal(model.omega_matrix(values, batch)).detach().cpu().numpy()
-        shrink = dict(zip(eta_names, eta_shrinkage(eta_np, omega_diag).tolist()))
-        shrink["EPS"] = epsilon_shrinkage(table["IWRES"].to_numpy())
-        individual = self._individual_table(model, values, batch, eta_hat, data.ids, eta_names)
-
         full = ps.full_natural(phi_hat)
         se = {name: float("nan") for name in ps.all_names}
         cov_matrix = None
@@ -311,7 +299,7 @@ class ClassicalEstimator:
             condition_number=float("nan") if cov_result is None else cov_result.condition_number,
             ofv=ofv, minus2ll=minus2ll, n_observations=int(data.n_observations), n_subjects=n,
             ids=tuple(data.ids), eta_names=tuple(eta_names), ebe=eta_np, ebe_covariance=ebe_cov.cpu().numpy(),
-            observations=table, individual=individual, shrinkage=shrink, history=tuple(history), status=status,
+            observations=tables.observations, individual=tables.individual, shrinkage=tables.shrinkage, history=tuple(history), status=status,
             messages=tuple(messages), near_bounds=tuple(near), importance_sampling=is_dict,
             elapsed_seconds=time.perf_counter() - started,
             options={"method": method, "max_iter": self.max_iter, "gtol": self.gtol, "gradient": self.gradient,
@@ -355,34 +343,6 @@ class ClassicalEstimator:
 
         return covariance_step(phi_hat.cpu().numpy(), ps.names, total_gradient, subject_gradients,
                                kind=self.covariance)
-
-    @staticmethod
-    def _observation_table(data: Dataset, residuals: dict) -> pd.DataFrame:
-        obs = data.batch.obs
-        mask = obs.mask.cpu().numpy()
-        ids = np.asarray(data.ids, dtype=object)
-        subject = np.nonzero(mask)[0]
-        table = {"ID": ids[subject].tolist(),
-                 "TIME": obs.time.cpu().numpy()[mask],
-                 "DV": obs.dv.cpu().numpy()[mask],
-                 "CMT": obs.cmt.cpu().numpy()[mask],
-                 "BLQ": obs.blq.cpu().numpy()[mask].astype(int)}
-        for key in ("PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES"):
-            table[key] = residuals[key].detach().cpu().numpy()[mask]
-        table["ROW"] = obs.row.cpu().numpy()[mask]
-        frame = pd.DataFrame(table)
-        return frame.sort_values("ROW", kind="stable").reset_index(drop=True)
-
-    @staticmethod
-    def _individual_table(model, values, batch, eta_hat, ids, eta_names) -> pd.DataFrame:
-        with torch.no_grad():
-            params = model.individual_parameters(eta_hat, values, batch)
-        table = {"ID": list(ids)}
-        for j, name in enumerate(eta_names):
-            table[f"ETA({name})"] = eta_hat[:, j].detach().cpu().numpy()
-        for name, v in params.items():
-            table[name] = v.detach().cpu().numpy()
-        return pd.DataFrame(table)
 
 
 class FO(ClassicalEstimator):

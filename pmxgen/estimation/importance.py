@@ -117,3 +117,15 @@ def importance_sampling(model: PopulationModel, values: PopulationValues, batch:
     minus2ll = float(-2.0 * log_marginal.sum())
     se = float(2.0 * torch.sqrt(var_log.sum()))
     return ImportanceSamplingResult(minus2ll, se, n_samples, df, log_marginal, ess)
+
+
+def importance_summary(result: ImportanceSamplingResult, model: PopulationModel, batch: SubjectBatch) -> dict:
+    """The FitResult entry of an importance-sampling run: −2LL (with the log-DV Jacobian on a log
+    scale, like ``minus2ll``), its Monte Carlo SE, the OFV-convention value and the ESS summary."""
+    from .posthoc import minus2ll_offset
+    offset, n_density = minus2ll_offset(model, batch)
+    summary = result.as_dict(n_density)
+    if model.error.log_scale:
+        summary["note"] = "on the log scale plus the Jacobian 2*sum(log DV), like minus2ll"
+        summary["minus2ll"] += offset - n_density * math.log(2 * math.pi)
+    return summary
