@@ -34,6 +34,8 @@ _EXPORTS = {
     "FOCE": "pmxgen.estimation",
     "FOCEI": "pmxgen.estimation",
     "Laplace": "pmxgen.estimation",
+    "SAEM": "pmxgen.estimation",
+    "MCEM": "pmxgen.estimation",
     "Run": "pmxgen.runs",
     "load_run": "pmxgen.runs",
     "fitted_values": "pmxgen.runs",

@@ -27,7 +27,8 @@ from .objective import METHODS, subject_objective, variance_reference
 from .posthoc import minus2ll_offset, posthoc_tables
 from .results import FitResult
 
-__all__ = ["ClassicalEstimator", "FO", "FOCE", "FOCEI", "Laplace", "fit"]
+__all__ = ["ClassicalEstimator", "FO", "FOCE", "FOCEI", "Laplace", "approximate_objective",
+           "objective_covariance"]
 
 _LOG2PI = math.log(2 * math.pi)
 _PENALTY = 1e12
@@ -157,19 +158,7 @@ class ClassicalEstimator:
         state = {"eta": torch.zeros(n, k, dtype=dtype, device=device), "evals": 0}
         messages: list[str] = []
 
-        def ebes(values, eta0, tol=self.inner_tol):
-            if method == "fo":
-                return eta0
-            with torch.no_grad():
-                ref = variance_reference(model, values, batch, method)
-            return solve_ebes(model, values, batch, eta0, variance_at=ref, max_iter=self.inner_max_iter,
-                              tol=tol).eta
-
-        def objective_at_phi(phi: torch.Tensor, eta0: torch.Tensor, *, per_subject: bool = False):
-            values = ps.unpack(phi)
-            eta = ebes(ps.unpack(phi.detach()), eta0)
-            so = subject_objective(model, values, batch, eta, method)
-            return (so.ofv if per_subject else so.ofv.sum()), eta
+        objective_at_phi = approximate_objective(model, batch, method, self.inner_max_iter, self.inner_tol)
 
         def fun(x: np.ndarray):
             state["evals"] += 1
@@ -266,7 +255,7 @@ class ClassicalEstimator:
         # Covariance step.
         cov_result = None
         if self.covariance is not None and status != "failed":
-            cov_result = self._covariance(ps, objective_at_phi, phi_hat, eta_hat, n)
+            cov_result = objective_covariance(ps, objective_at_phi, phi_hat, eta_hat, self.covariance)
         # Importance sampling.
         is_dict = None
         if self.importance_samples:
@@ -325,24 +314,52 @@ class ClassicalEstimator:
             g[i] = (value(x + e) - value(x - e)) / (2 * e[i])
         return g
 
-    def _covariance(self, ps, objective_at_phi, phi_hat, eta_hat, n):
-        dtype, device = phi_hat.dtype, phi_hat.device
 
-        def total_gradient(phi_np):
-            phi = torch.as_tensor(phi_np, dtype=dtype, device=device).requires_grad_(True)
-            total, _ = objective_at_phi(phi, eta_hat)
-            (g,) = torch.autograd.grad(total, phi)
-            return g.detach().cpu().numpy()
+def approximate_objective(model: NLMEModel, batch, method: str, inner_max_iter: int = 100,
+                          inner_tol: float = 1e-8) -> Callable:
+    """``objective_at_phi(phi, eta0, per_subject=False) -> (OFV, EBEs)`` of ``method``, differentiable in φ.
 
-        def subject_gradients(phi_np):
-            phi = torch.as_tensor(phi_np, dtype=dtype, device=device)
-            rows = phi.expand(n, phi.numel()).clone().requires_grad_(True)
-            ofv, _ = objective_at_phi(rows, eta_hat, per_subject=True)
-            (g,) = torch.autograd.grad(ofv.sum(), rows)
-            return g.detach().cpu().numpy()
+    The EBEs are re-solved at each φ from ``eta0`` (not for FO); ``phi`` may be ``[P]`` or
+    ``[N, P]`` (one row per subject, for per-subject gradients).
+    """
+    ps = model.parameters
 
-        return covariance_step(phi_hat.cpu().numpy(), ps.names, total_gradient, subject_gradients,
-                               kind=self.covariance)
+    def ebes(values, eta0):
+        if method == "fo":
+            return eta0
+        with torch.no_grad():
+            ref = variance_reference(model, values, batch, method)
+        return solve_ebes(model, values, batch, eta0, variance_at=ref, max_iter=inner_max_iter, tol=inner_tol).eta
+
+    def objective_at_phi(phi: torch.Tensor, eta0: torch.Tensor, *, per_subject: bool = False):
+        values = ps.unpack(phi)
+        eta = ebes(ps.unpack(phi.detach()), eta0)
+        so = subject_objective(model, values, batch, eta, method)
+        return (so.ofv if per_subject else so.ofv.sum()), eta
+
+    return objective_at_phi
+
+
+def objective_covariance(ps, objective_at_phi: Callable, phi_hat: torch.Tensor, eta_hat: torch.Tensor,
+                         kind: str):
+    """NONMEM's covariance step (``kind`` sandwich/R/S) for an objective from :func:`approximate_objective`."""
+    dtype, device = phi_hat.dtype, phi_hat.device
+    n = eta_hat.shape[0]
+
+    def total_gradient(phi_np):
+        phi = torch.as_tensor(phi_np, dtype=dtype, device=device).requires_grad_(True)
+        total, _ = objective_at_phi(phi, eta_hat)
+        (g,) = torch.autograd.grad(total, phi)
+        return g.detach().cpu().numpy()
+
+    def subject_gradients(phi_np):
+        phi = torch.as_tensor(phi_np, dtype=dtype, device=device)
+        rows = phi.expand(n, phi.numel()).clone().requires_grad_(True)
+        ofv, _ = objective_at_phi(rows, eta_hat, per_subject=True)
+        (g,) = torch.autograd.grad(ofv.sum(), rows)
+        return g.detach().cpu().numpy()
+
+    return covariance_step(phi_hat.cpu().numpy(), ps.names, total_gradient, subject_gradients, kind=kind)
 
 
 class FO(ClassicalEstimator):
@@ -371,18 +388,3 @@ class Laplace(ClassicalEstimator):
 
     def __init__(self, **kwargs):
         super().__init__("laplace", **kwargs)
-
-
-def fit(model: NLMEModel, data: Dataset, method: str = "focei", **options) -> FitResult:
-    """Fit ``model`` to ``data`` with a classical method; ``options`` go to :class:`ClassicalEstimator`.
-
-    Examples
-    --------
-    >>> import pmxgen
-    >>> data = pmxgen.datasets.load("theophylline")
-    >>> model = pmxgen.models.build_model("1cmt_oral", data, iiv=("KA", "CL"))
-    >>> result = pmxgen.fit(model, data, method="foce", covariance=None)
-    >>> result.status
-    'converged'
-    """
-    return ClassicalEstimator(method, **options).fit(model, data)

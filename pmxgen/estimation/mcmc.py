@@ -109,6 +109,7 @@ class KernelState:
 
     eta: torch.Tensor
     log_density: torch.Tensor | None = None
+    gradient: torch.Tensor | None = None
     scale: dict = field(default_factory=dict)
     accepted: dict = field(default_factory=dict)
     proposed: dict = field(default_factory=dict)
@@ -126,6 +127,7 @@ def _accept(state: KernelState, name: str, proposal: torch.Tensor, log_target: t
     u = torch.rand(log_ratio.shape, generator=generator, dtype=log_ratio.dtype, device=log_ratio.device)
     ok = torch.isfinite(log_ratio) & (torch.log(u) < log_ratio)
     state.eta = torch.where(ok[:, None], proposal, state.eta)
+    state.gradient = None
     state.log_density = torch.where(ok, log_target, state.log_density)
     state.accepted[name] = state.accepted.get(name, 0) + int(ok.sum())
     state.proposed[name] = state.proposed.get(name, 0) + ok.numel()
@@ -144,6 +146,7 @@ def apply_kernels(target: ConditionalTarget, state: KernelState, kernels: dict[s
     dtype, device = eta.dtype, eta.device
     if state.log_density is None:
         state.log_density = target.log_density(eta).detach()
+        state.gradient = None
     for name, default in (("random_walk", 0.5), ("mala", 0.5)):
         if name not in state.scale:
             state.scale[name] = torch.full((rows,), default, dtype=dtype, device=device)
@@ -164,7 +167,9 @@ def apply_kernels(target: ConditionalTarget, state: KernelState, kernels: dict[s
             _accept(state, "random_walk", proposal, lp_new, lp_new - state.log_density, generator, adapt)
     for _ in range(kernels.get("mala", 0)):
         h = state.scale["mala"][:, None]
-        lp_old, g_old = target.log_density_and_gradient(state.eta)
+        if state.gradient is None:
+            state.log_density, state.gradient = target.log_density_and_gradient(state.eta)
+        lp_old, g_old = state.log_density, state.gradient
         mean_fwd = state.eta + 0.5 * h * h * (g_old @ omega)
         xi = torch.randn(rows, k, generator=generator, dtype=dtype, device=device)
         proposal = mean_fwd + h * (xi @ chol.transpose(-1, -2))
@@ -172,8 +177,8 @@ def apply_kernels(target: ConditionalTarget, state: KernelState, kernels: dict[s
         mean_back = proposal + 0.5 * h * h * (g_new @ omega)
         log_q_fwd = _gaussian_log_kernel(proposal - mean_fwd, chol, h)
         log_q_back = _gaussian_log_kernel(state.eta - mean_back, chol, h)
-        state.log_density = lp_old
-        _accept(state, "mala", proposal, lp_new, lp_new - lp_old + log_q_back - log_q_fwd, generator, adapt)
+        ok = _accept(state, "mala", proposal, lp_new, lp_new - lp_old + log_q_back - log_q_fwd, generator, adapt)
+        state.gradient = torch.where(ok[:, None], g_new, g_old)
     return state
 
 

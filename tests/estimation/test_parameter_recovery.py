@@ -10,34 +10,11 @@ variances are 0.118 (KA) and 0.078 (CL) against true 0.16 and 0.09, and the esti
 """
 import numpy as np
 import pytest
-import torch
 
 import pmxgen
-from pmxgen.models import NLMEModel, OmegaBlock, build_model
+from pmxgen.models import build_model
 
-Z95 = 1.959963984540054
-
-
-def _true_values(truth: dict) -> dict:
-    values = dict(truth["theta"])
-    om = truth.get("omega_matrix") or {"names": list(truth["omega"]),
-                                       "matrix": np.diag(list(truth["omega"].values())).tolist()}
-    names = om["names"]
-    for i, a in enumerate(names):
-        for j in range(i + 1):
-            b = names[j]
-            if i == j:
-                values[f"OMEGA({a})"] = om["matrix"][i][i]
-            elif om["matrix"][i][j] != 0:
-                values[f"OMEGA({a},{b})"] = om["matrix"][i][j]
-    for key, name in (("additive", "SIGMA(ADD)"), ("proportional", "SIGMA(PROP)")):
-        if key in truth["error"]:
-            values[name] = truth["error"][key] ** 2
-    return values
-
-
-def _z_scores(fit, truth_values: dict) -> dict:
-    return {name: (fit.estimates[name] - truth_values[name]) / fit.se[name] for name in fit.estimated_names}
+from simulated_models import Z95, model_for as _model_for, true_values as _true_values, z_scores as _z_scores
 
 
 def test_confidence_intervals_cover_the_truth_in_replicate_studies():
@@ -59,28 +36,6 @@ def test_confidence_intervals_cover_the_truth_in_replicate_studies():
             total += 1
     assert total == 80
     assert covered / total >= 0.90, f"coverage {covered}/{total}"
-
-
-def _wt_model() -> NLMEModel:
-    def individual(theta, eta, cov):
-        return {"KA": theta["KA"] * torch.exp(eta["KA"]),
-                "CL": theta["CL"] * (cov["WT"] / 70) ** theta["WT_ON_CL"] * torch.exp(eta["CL"]),
-                "V": theta["V"] * torch.exp(eta["V"])}
-
-    return NLMEModel(pmxgen.get_model("1cmt_oral"),
-                     theta={"KA": (0, 1.0), "CL": (0, 3.0), "V": (0, 30.0), "WT_ON_CL": 0.5},
-                     omega={"KA": 0.1, "CL": 0.1, "V": 0.1}, error={"kind": "combined", "init": {"ADD": 0.01, "PROP": 0.02}},
-                     individual=individual)
-
-
-def _model_for(name: str, data):
-    if name == "sim_1cmt_oral_wt":
-        return _wt_model()
-    if name == "sim_1cmt_oral_1000":
-        base = build_model("1cmt_oral", data, error="combined")
-        return NLMEModel(base.structural, theta=list(base.parameters.theta), error=base.error,
-                         omega=[OmegaBlock(["KA"], [0.1]), OmegaBlock(["CL", "V"], [[0.1, 0.0], [0.0, 0.1]])])
-    return build_model("2cmt_iv", data, error="combined", iiv=("CL", "V1", "Q", "V2"))
 
 
 @pytest.fixture(scope="module")

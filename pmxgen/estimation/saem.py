@@ -1,0 +1,419 @@
+"""EM estimators with MCMC E-steps: SAEM (as Monolix and nlmixr2) and Monte Carlo EM.
+
+Both move every subject's chains with the batched kernels of :mod:`.mcmc` and update the
+parameters with the M-step of :mod:`.em_steps`:
+
+* **SAEM**: one MCMC sweep per iteration; the sufficient statistics follow the stochastic
+  approximation ``S ← S + γ_k (s(η_k) − S)`` with ``γ_k = 1`` in the exploration phase and
+  ``γ_k = k^(−α)`` in the smoothing phase; the numerically updated parameters move the same
+  fraction γ_k towards the maximiser of the current draws' likelihood. Ω is annealed in the
+  exploration phase (each variance ≥ τ × its previous value) so that it shrinks slowly.
+* **MCEM**: each iteration draws a Monte Carlo sample of growing size per subject, and the
+  M-step maximises the Monte Carlo average of the complete-data likelihood; it stops when
+  the parameters change less than ``tol`` (relative) on three successive iterations.
+
+After the run (both): draws from each subject's conditional distribution at the estimates
+give the conditional means and SDs (and ``FitResult.posterior_draws``), the modes are solved
+by Newton (the EBEs), the −2LL comes from importance sampling with a t proposal matched to
+the conditional mean and covariance, and the standard errors from Louis' formula on the
+draws (default) or from the linearisation (FOCE-I R matrix).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.dataset import Dataset
+from ..errors import ConvergenceWarning, EstimationError
+from ..models.nlme import NLMEModel
+from .classical import approximate_objective, objective_covariance
+from .ebe import solve_ebes
+from .em_steps import EMParameters, sufficient_statistics
+from .importance import importance_sampling, importance_summary
+from .louis import louis_covariance
+from .mcmc import ConditionalTarget, KernelState, apply_kernels, sample_conditional, validate_kernels
+from .posthoc import minus2ll_offset, posthoc_tables
+from .results import FitResult
+
+__all__ = ["SAEM", "MCEM", "EM_COVARIANCE"]
+
+#: Standard-error methods of the EM estimators.
+EM_COVARIANCE = ("louis", "linearization")
+
+
+class _EMEstimator:
+    """Options and the parts of a fit common to SAEM and MCEM."""
+
+    method = "em"
+
+    def __init__(self, *, n_chains: int | None = None, kernels: dict | None = None, covariance: str | None = "louis",
+                 importance_samples: int = 1000, importance_df: int = 4, posterior_draws: int = 500,
+                 posterior_burn_in: int = 50, seed: int = 0, progress: bool | Callable = False,
+                 progress_every: int = 50, cpu_threads: int | None = 1):
+        self.n_chains = n_chains
+        self.kernels = {"prior": 2, "random_walk": 2, "mala": 2} if kernels is None else kernels
+        self.covariance = covariance
+        self.importance_samples = importance_samples
+        self.importance_df = importance_df
+        self.posterior_draws = posterior_draws
+        self.posterior_burn_in = posterior_burn_in
+        self.seed = seed
+        self.progress = progress
+        self.progress_every = progress_every
+        self.cpu_threads = cpu_threads
+
+    # ------------------------------------------------------------ validation
+    def _integers(self) -> tuple[tuple[str, int], ...]:
+        return (("importance_samples", 2), ("importance_df", 1), ("posterior_draws", 2), ("posterior_burn_in", 0),
+                ("progress_every", 1))
+
+    def _validate(self, model, data) -> dict[str, int]:
+        for name, low in self._integers():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise EstimationError(f"{type(self).__name__}: {name} must be an integer >= {low} (found {v!r})")
+        if self.n_chains is not None and (isinstance(self.n_chains, bool) or not isinstance(self.n_chains, int)
+                                          or self.n_chains < 1):
+            raise EstimationError(f"n_chains must be a positive integer or None for automatic (found "
+                                  f"{self.n_chains!r})")
+        if self.covariance is not None and self.covariance not in EM_COVARIANCE:
+            raise EstimationError(f"covariance must be one of {', '.join(EM_COVARIANCE)} or None "
+                                  f"(found {self.covariance!r})")
+        if self.cpu_threads is not None and (isinstance(self.cpu_threads, bool) or
+                                             not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
+            raise EstimationError(f"cpu_threads must be a positive integer or None (found {self.cpu_threads!r})")
+        kernels = validate_kernels(self.kernels)
+        if not isinstance(model, NLMEModel):
+            raise EstimationError(f"{self.method.upper()} needs an NLMEModel (found {type(model).__name__})")
+        if not isinstance(data, Dataset):
+            raise EstimationError(f"data must be a pmxgen Dataset (found {type(data).__name__}); use pmxgen.read_nonmem")
+        if data.n_observations == 0:
+            raise EstimationError("the data have no observations to fit")
+        if model.iov_names:
+            raise EstimationError(f"{self.method.upper()} does not handle inter-occasion variability yet "
+                                  f"({', '.join(model.iov_names)}); fit this model with method='focei'")
+        if len(model.eta_names(data.batch)) == 0:
+            raise EstimationError(f"{self.method.upper()} needs random effects (the model has none); fit a model "
+                                  f"without random effects with method='focei' (naive pooled)")
+        return kernels
+
+    def chains(self, n_subjects: int) -> int:
+        """Chains per subject: by default enough for 200 subject-chains in all (Monolix's rule asks for
+        50; batched chains cost little, and more of them cut the Monte Carlo error on small data)."""
+        return self.n_chains if self.n_chains is not None else max(1, math.ceil(200 / n_subjects))
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, model: NLMEModel, data: Dataset) -> FitResult:
+        """Estimate the parameters of ``model`` from ``data``; returns a frozen :class:`FitResult`."""
+        kernels = self._validate(model, data)
+        model.check(data)
+        previous = torch.get_num_threads()
+        if self.cpu_threads is not None and data.device.type == "cpu":
+            torch.set_num_threads(int(self.cpu_threads))
+        try:
+            started = time.perf_counter()
+            gen = torch.Generator(device=data.device)
+            gen.manual_seed(int(self.seed))
+            em = EMParameters(model, data.batch)
+            history: list[dict] = []
+            status, messages, state = self._run(model, data, em, kernels, gen, history)
+            return self._finish(model, data, em, kernels, state, status, messages, history, started)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _run(self, model, data, em, kernels, gen, history):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _record(self, history: list, em: EMParameters, iteration: int, phase: str) -> None:
+        entry = {"iteration": iteration, "phase": phase, "ofv": float("nan"), **em.ps.full_natural(em.phi)}
+        history.append(entry)
+        if self.progress and iteration % self.progress_every == 0:
+            if callable(self.progress):
+                self.progress(iteration, entry)
+            else:
+                shown = ", ".join(f"{k}={entry[k]:.4g}" for k in em.ps.names[:6])
+                print(f"  {self.method.upper()} iteration {iteration:4d} ({phase})  {shown}", file=sys.stderr,
+                      flush=True)
+
+    def _finish(self, model, data, em, kernels, state, status, messages, history, started) -> FitResult:
+        batch = data.batch
+        ps = model.parameters
+        n, k = batch.n_subjects, em.k
+        phi_hat = em.phi.detach()
+        values = ps.unpack(phi_hat)
+        chains = self.chains(n)
+        start = state.eta.reshape(chains, n, k)[0]
+        draws = sample_conditional(model, values, batch, n_draws=int(self.posterior_draws), n_chains=chains,
+                                   burn_in=int(self.posterior_burn_in), kernels=kernels, eta0=start,
+                                   seed=int(self.seed) + 1)
+        cond_mean = draws.mean(0)
+        centred = draws - cond_mean
+        cond_cov = torch.einsum("snk,snl->nkl", centred, centred) / (draws.shape[0] - 1)
+        modes = solve_ebes(model, values, batch, cond_mean, max_iter=100, tol=1e-10).eta
+        # Importance sampling with a t proposal matched to the conditional mean and covariance
+        # (slightly widened so that its tails cover the target's).
+        ridge = 1e-8 * torch.eye(k, dtype=cond_cov.dtype, device=cond_cov.device)
+        precision = torch.cholesky_inverse(torch.linalg.cholesky(1.1 * cond_cov + ridge))
+        isr = importance_sampling(model, values, batch, cond_mean, precision, n_samples=int(self.importance_samples),
+                                  df=int(self.importance_df), seed=int(self.seed) + 2)
+        is_dict = importance_summary(isr, model, batch)
+        offset, _ = minus2ll_offset(model, batch)
+        minus2ll = float(is_dict["minus2ll"])
+        ofv = minus2ll - offset
+
+        cov_result = None
+        if self.covariance == "louis":
+            # Louis' formula on at most ~2·10⁵ subject-draws (its Monte Carlo error shrinks with N too)
+            used = min(draws.shape[0], max(100, 200_000 // n))
+            cov_result = louis_covariance(model, phi_hat, batch, draws[:used], em.mu_refs)
+        elif self.covariance == "linearization":
+            objective = approximate_objective(model, batch, "focei")
+            cov_result = objective_covariance(ps, objective, phi_hat, modes, "R")
+        se = {name: float("nan") for name in ps.all_names}
+        cov_matrix = None
+        if cov_result is not None and cov_result.matrix is not None:
+            cov_matrix = cov_result.matrix
+            for name, v in zip(ps.names, np.sqrt(np.diag(cov_matrix))):
+                se[name] = float(v)
+        eta_names = tuple(model.eta_names(batch))
+        sd = torch.sqrt(torch.diagonal(cond_cov, dim1=-2, dim2=-1)).cpu().numpy()
+        mean_np = cond_mean.cpu().numpy()
+        extra = {f"MEAN({name})": mean_np[:, j] for j, name in enumerate(eta_names)}
+        extra.update({f"SD({name})": sd[:, j] for j, name in enumerate(eta_names)})
+        tables = posthoc_tables(model, data, values, modes, extra_individual=extra)
+        near = ps.near_bounds(phi_hat)
+        messages = list(messages) + em.messages[:5]
+        if near:
+            messages.append(f"estimates at or near a bound: {', '.join(near)} (an Ω variance near 0 means that "
+                            f"random effect is not supported by the data; consider removing it)")
+        if is_dict["min_ess"] < 50:
+            messages.append(f"importance sampling: smallest effective sample size {is_dict['min_ess']:.0f}; the "
+                            f"-2LL may be imprecise (raise importance_samples)")
+        return FitResult(
+            method=self.method, model_name=model.name, data_source=str(data.source), parameter_names=ps.all_names,
+            estimated_names=ps.names, estimates=ps.full_natural(phi_hat), se=se,
+            fixed={name: name not in ps.names for name in ps.all_names},
+            covariance=cov_matrix, covariance_method=self.covariance,
+            covariance_status="not requested" if self.covariance is None else cov_result.status,
+            covariance_message="" if cov_result is None else cov_result.message,
+            condition_number=float("nan") if cov_result is None else cov_result.condition_number,
+            ofv=ofv, minus2ll=minus2ll, n_observations=int(data.n_observations), n_subjects=n,
+            ids=tuple(data.ids), eta_names=eta_names, ebe=modes.detach().cpu().numpy(),
+            ebe_covariance=cond_cov.cpu().numpy(), observations=tables.observations, individual=tables.individual,
+            shrinkage=tables.shrinkage, history=tuple(history), status=status, messages=tuple(messages),
+            near_bounds=tuple(near), importance_sampling=is_dict, elapsed_seconds=time.perf_counter() - started,
+            options=self._options(chains), model_recipe=getattr(model, "recipe", None), data_recipe=data.recipe,
+            posterior_draws=draws.cpu().numpy())
+
+    def _options(self, chains: int) -> dict:
+        return {"method": self.method, "n_chains": chains, "kernels": dict(self.kernels),
+                "covariance": self.covariance, "importance_samples": self.importance_samples,
+                "importance_df": self.importance_df, "posterior_draws": self.posterior_draws, "seed": self.seed,
+                "cpu_threads": self.cpu_threads}
+
+
+class SAEM(_EMEstimator):
+    """Stochastic approximation EM (Kuhn & Lavielle 2005), batched over subjects and chains.
+
+    Parameters
+    ----------
+    n_explore : int
+        Iterations of the exploration phase (step 1). Monolix: up to 500.
+    n_smooth : int
+        Iterations of the smoothing phase (decreasing steps). Monolix: 200.
+    step_exponent : float
+        α in ``γ_k = k^(−α)`` of the smoothing phase, in (0.5, 1].
+    annealing : float or None
+        τ: in the exploration phase each Ω variance stays ≥ τ × its previous value
+        (Monolix: 0.95); None switches annealing off.
+    n_chains : int or None
+        Chains per subject; None: ``ceil(200 / N)``.
+    kernels : dict
+        Applications per iteration of each kernel (``prior``, ``random_walk``, ``mala``);
+        default ``{"prior": 2, "random_walk": 2, "mala": 2}``.
+    covariance : {"louis", "linearization"} or None
+        Standard errors from Louis' formula on conditional draws, or 2R⁻¹ of the FOCE-I
+        objective at the estimates; None skips them.
+    importance_samples, importance_df : int
+        Draws per subject and t degrees of freedom of the importance-sampling −2LL.
+    posterior_draws, posterior_burn_in : int
+        Conditional draws per subject after the run (conditional means, SDs, Louis' formula).
+    seed : int
+        Same seed, same result.
+    progress, progress_every, cpu_threads
+        As for :class:`~pmxgen.estimation.ClassicalEstimator`.
+
+    Examples
+    --------
+    >>> import pmxgen
+    >>> data = pmxgen.datasets.load("theophylline")
+    >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
+    >>> fit = SAEM(n_explore=60, n_smooth=40, importance_samples=200, posterior_draws=50, seed=1).fit(model, data)
+    >>> fit.method, fit.status, len(fit.history)
+    ('saem', 'converged', 100)
+    """
+
+    method = "saem"
+
+    def __init__(self, *, n_explore: int = 300, n_smooth: int = 200, step_exponent: float = 1.0,
+                 annealing: float | None = 0.95, **options):
+        super().__init__(**options)
+        self.n_explore = n_explore
+        self.n_smooth = n_smooth
+        self.step_exponent = step_exponent
+        self.annealing = annealing
+
+    def _integers(self):
+        return super()._integers() + (("n_explore", 1), ("n_smooth", 1))
+
+    def _validate(self, model, data):
+        kernels = super()._validate(model, data)
+        a = self.step_exponent
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.5 < a <= 1.0:
+            raise EstimationError(f"step_exponent must be in (0.5, 1] (found {a!r}): the steps k^-a must sum to "
+                                  f"infinity while their squares stay finite")
+        t = self.annealing
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1):
+            raise EstimationError(f"annealing must be in (0, 1) or None (found {t!r})")
+        return kernels
+
+    def _run(self, model, data, em, kernels, gen, history):
+        batch = data.batch
+        n, k = batch.n_subjects, em.k
+        chains = self.chains(n)
+        rep = batch.repeat(chains) if chains > 1 else batch
+        state = KernelState(eta=torch.zeros(chains * n, k, dtype=batch.dtype, device=batch.device))
+        s1 = s2 = None
+        total = self.n_explore + self.n_smooth
+        for it in range(total):
+            exploring = it < self.n_explore
+            gamma = 1.0 if exploring else (it - self.n_explore + 1) ** (-float(self.step_exponent))
+            target = ConditionalTarget(model, em.values(), rep)
+            state.log_density = None
+            # adaptive scales in the exploration phase only: adaptation that never stops would
+            # bias the chains' stationary distribution
+            apply_kernels(target, state, kernels, gen, adapt=exploring)
+            z = state.eta.reshape(chains, n, k) + em.mean_vector()
+            new1, new2 = sufficient_statistics(z)
+            s1 = new1 if s1 is None else s1 + gamma * (new1 - s1)
+            s2 = new2 if s2 is None else s2 + gamma * (new2 - s2)
+            shift = em.closed_form_update(s1, s2, anneal=self.annealing if exploring else None)
+            state.eta = state.eta - shift
+            # one Newton step from the current values per iteration: the stochastic approximation
+            # averages the steps, as it averages the statistics
+            em.move_numeric(em.numeric_optimum(state.eta, rep, weights=1.0 / chains, max_iter=1), gamma)
+            self._record(history, em, it, "explore" if exploring else "smooth")
+        messages = [f"{self.n_explore} exploratory and {self.n_smooth} smoothing iterations, {chains} chain(s) per "
+                    f"subject; acceptance " + ", ".join(f"{k} {v:.2f}" for k, v in state.acceptance().items())]
+        return "converged", messages, state
+
+    def _options(self, chains):
+        return {**super()._options(chains), "n_explore": self.n_explore, "n_smooth": self.n_smooth,
+                "step_exponent": self.step_exponent, "annealing": self.annealing}
+
+
+class MCEM(_EMEstimator):
+    """Monte Carlo EM with the same batched MCMC kernels and M-step as :class:`SAEM`.
+
+    Parameters
+    ----------
+    max_iter : int
+        EM iterations at most.
+    initial_draws, max_draws : int
+        Monte Carlo draws per subject (and chain) in the first iteration, growing by
+        ``growth`` per iteration up to ``max_draws``.
+    growth : float
+        Factor (≥ 1) by which the Monte Carlo sample grows each iteration.
+    burn_in : int
+        Sweeps before collecting the draws of an iteration (the chains are warm).
+    tol : float
+        Converged when every estimated parameter changes by less than ``tol`` relative
+        (``|Δ| ≤ tol·max(|φ|, 0.01)``) on three successive iterations.
+    Other parameters as :class:`SAEM`.
+
+    Examples
+    --------
+    >>> import pmxgen
+    >>> data = pmxgen.datasets.load("theophylline")
+    >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
+    >>> fit = MCEM(max_iter=15, importance_samples=200, posterior_draws=50, seed=1).fit(model, data)
+    >>> fit.method
+    'mcem'
+    """
+
+    method = "mcem"
+
+    def __init__(self, *, max_iter: int = 100, initial_draws: int = 10, max_draws: int = 200, growth: float = 1.2,
+                 burn_in: int = 5, tol: float = 5e-3, **options):
+        super().__init__(**options)
+        self.max_iter = max_iter
+        self.initial_draws = initial_draws
+        self.max_draws = max_draws
+        self.growth = growth
+        self.burn_in = burn_in
+        self.tol = tol
+
+    def _integers(self):
+        return super()._integers() + (("max_iter", 1), ("initial_draws", 1), ("max_draws", 1), ("burn_in", 0))
+
+    def _validate(self, model, data):
+        kernels = super()._validate(model, data)
+        if isinstance(self.growth, bool) or not isinstance(self.growth, (int, float)) or self.growth < 1:
+            raise EstimationError(f"growth must be a number >= 1 (found {self.growth!r})")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
+            raise EstimationError(f"tol must be a positive number (found {self.tol!r})")
+        if self.max_draws < self.initial_draws:
+            raise EstimationError(f"max_draws ({self.max_draws}) must be >= initial_draws ({self.initial_draws})")
+        return kernels
+
+    def _run(self, model, data, em, kernels, gen, history):
+        batch = data.batch
+        n, k = batch.n_subjects, em.k
+        chains = self.chains(n)
+        rep = batch.repeat(chains) if chains > 1 else batch
+        state = KernelState(eta=torch.zeros(chains * n, k, dtype=batch.dtype, device=batch.device))
+        calm, status = 0, "max_iterations"
+        reps = {}
+        for it in range(self.max_iter):
+            m = min(self.max_draws, int(math.ceil(self.initial_draws * self.growth ** it)))
+            target = ConditionalTarget(model, em.values(), rep)
+            state.log_density = None
+            for _ in range(self.burn_in):
+                apply_kernels(target, state, kernels, gen, adapt=True)
+            collected = []
+            for _ in range(m):
+                apply_kernels(target, state, kernels, gen, adapt=False)
+                collected.append(state.eta)
+            draws = torch.stack(collected)                                   # [m, C·N, K]
+            z = draws.reshape(m * chains, n, k) + em.mean_vector()
+            s1, s2 = sufficient_statistics(z)
+            before = em.phi.clone()
+            shift = em.closed_form_update(s1, s2)
+            state.eta = state.eta - shift
+            draws = draws - shift
+            rows = m * chains
+            if rows not in reps:
+                reps[rows] = batch.repeat(rows)
+            em.move_numeric(em.numeric_optimum(draws.reshape(rows * n, k), reps[rows], weights=1.0 / rows), 1.0)
+            self._record(history, em, it, f"draws={m}")
+            change = (em.phi - before).abs() / torch.clamp(before.abs(), min=1e-2)
+            calm = calm + 1 if float(change.max()) < self.tol else 0
+            if calm >= 3:
+                status = "converged"
+                break
+        messages = [f"{len(history)} iterations, up to {m} draws per subject and chain, {chains} chain(s)"]
+        if status != "converged":
+            messages.insert(0, f"parameters still changed by more than tol={self.tol} after {self.max_iter} "
+                               f"iterations; raise max_iter or max_draws")
+            warnings.warn(f"MCEM did not converge: {messages[0]}", ConvergenceWarning, stacklevel=3)
+        return status, messages, state
+
+    def _options(self, chains):
+        return {**super()._options(chains), "max_iter": self.max_iter, "initial_draws": self.initial_draws,
+                "max_draws": self.max_draws, "growth": self.growth, "burn_in": self.burn_in, "tol": self.tol}
