@@ -14,7 +14,11 @@ which also computes its model-based SEs. The ratio printed is pmxgen / nlme: bel
 pmxgen is faster. Without R (``Rscript`` with nlme on PATH) the script says so and times
 pmxgen only.
 
-Usage: ``python benchmarks/bench_fit.py [--repeats 3] [--skip-1000]``
+SAEM (Monolix-like defaults: 300 + 200 iterations, Louis SEs, importance-sampling −2LL) is
+timed on the same problems and printed relative to pmxgen FOCE-I with its covariance step
+(``--skip-saem`` leaves it out).
+
+Usage: ``python benchmarks/bench_fit.py [--repeats 3] [--skip-1000] [--skip-saem]``
 """
 from __future__ import annotations
 
@@ -57,14 +61,15 @@ PROBLEMS = {
 }
 
 
-def time_pmxgen(name: str, repeats: int, covariance: str | None) -> tuple[float, pmxgen.FitResult]:
+def time_pmxgen(name: str, repeats: int, covariance: str | None, method: str = "focei"
+                ) -> tuple[float, pmxgen.FitResult]:
     data = pmxgen.datasets.load(name)
     build, _ = PROBLEMS[name]
     best, fit = float("inf"), None
     for _ in range(repeats):
         model = build()
         start = time.perf_counter()
-        fit = pmxgen.fit(model, data, method="focei", covariance=covariance)
+        fit = pmxgen.fit(model, data, method=method, covariance=covariance)
         best = min(best, time.perf_counter() - start)
     return best, fit
 
@@ -73,6 +78,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timings per tool (the minimum is reported)")
     parser.add_argument("--skip-1000", action="store_true", help="only theophylline")
+    parser.add_argument("--skip-saem", action="store_true", help="do not time SAEM")
     args = parser.parse_args(argv)
     have_r = r_available()
     if not have_r:
@@ -88,6 +94,12 @@ def main(argv=None) -> int:
         print(f"pmxgen FOCE-I: {t_fit:8.2f} s  (with covariance step {t_cov:.2f} s)  -2LL {fit.minus2ll:.4f}  "
               f"status {fit.status}")
         print("   " + ", ".join(f"{k}={v:.4g}" for k, v in fit.estimates.items()))
+        if not args.skip_saem:
+            t_saem, saem = time_pmxgen(name, 1, "louis", method="saem")
+            print(f"pmxgen SAEM:   {t_saem:8.2f} s  (with Louis SEs and IS -2LL {saem.minus2ll:.4f} ± "
+                  f"{saem.importance_sampling['se']:.2f})")
+            print("   " + ", ".join(f"{k}={v:.4g}" for k, v in saem.estimates.items()))
+            print(f"ratio SAEM/FOCE-I (both with SEs): {t_saem / t_cov:.2f}")
         if not have_r:
             continue
         r_times, r = [], None

@@ -121,6 +121,29 @@ def _split(text: str | None) -> tuple[str, ...] | None:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _fit_options(args) -> dict:
+    """Estimator keywords from the command line (each method keeps its defaults where none is given)."""
+    em = args.method in ("saem", "mcem")
+    options: dict = {"seed": args.seed, "progress": not args.quiet}
+    if args.covariance is not None:
+        allowed = ("louis", "linearization", "none") if em else ("sandwich", "R", "S", "none")
+        if args.covariance not in allowed:
+            raise SystemExit(f"pmxgen: --covariance {args.covariance} does not apply to --method {args.method}; "
+                             f"choose one of {', '.join(allowed)}")
+        options["covariance"] = None if args.covariance == "none" else args.covariance
+    if args.importance_samples is not None:
+        options["importance_samples"] = args.importance_samples
+    if args.max_iter is not None and args.method != "saem":
+        options["max_iter"] = args.max_iter
+    if em and args.chains is not None:
+        options["n_chains"] = args.chains
+    if args.method == "saem":
+        for key in ("n_explore", "n_smooth"):
+            if getattr(args, key) is not None:
+                options[key] = getattr(args, key)
+    return options
+
+
 def _cmd_fit(args) -> int:
     import pmxgen
     from pmxgen.models import LIBRARY, build_model
@@ -138,9 +161,7 @@ def _cmd_fit(args) -> int:
                          f"({', '.join(LIBRARY)})")
     print(f"Fitting {model.name} to {ds.source} ({ds.n_subjects} subjects, {ds.n_observations} observations) "
           f"by {args.method.upper()}", file=sys.stderr, flush=True)
-    fit = pmxgen.fit(model, ds, method=args.method, covariance=None if args.covariance == "none" else args.covariance,
-                     importance_samples=args.importance_samples, seed=args.seed, max_iter=args.max_iter,
-                     progress=not args.quiet)
+    fit = pmxgen.fit(model, ds, method=args.method, **_fit_options(args))
     print(fit.summary())
     if args.output:
         paths = write_fit(fit, args.output)
@@ -149,12 +170,15 @@ def _cmd_fit(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pmxgen.report.command import register as register_report
+
     parser = argparse.ArgumentParser(prog="pmxgen", description="Population pharmacometrics with pmxgen.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fit", help="fit a population model (FO, FOCE, FOCE-I, Laplace) and write the results")
+    p = sub.add_parser("fit", help="fit a population model (FO, FOCE, FOCE-I, Laplace, SAEM, MCEM) and write the "
+                                   "results")
     p.add_argument("data", help="a NONMEM-style file or a bundled dataset name")
     p.add_argument("--model", required=True, help="built-in model (1cmt_oral, 2cmt_iv, ...) or a .py model file")
-    p.add_argument("--method", default="focei", choices=["fo", "foce", "focei", "laplace"])
+    p.add_argument("--method", default="focei", choices=["fo", "foce", "focei", "laplace", "saem", "mcem"])
     p.add_argument("--error", default="combined",
                    choices=["additive", "proportional", "combined", "combined_sd", "exponential"],
                    help="residual error model (built-in models)")
@@ -162,10 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iov", help="comma-separated parameters with inter-occasion variability (needs --occasion)")
     p.add_argument("--occasion", help="occasion column of the data file")
     p.add_argument("--full-omega", action="store_true", help="one full Omega block over the IIV effects")
-    p.add_argument("--covariance", default="sandwich", choices=["sandwich", "R", "S", "none"])
-    p.add_argument("--importance-samples", type=int, default=0,
-                   help="draws per subject for the importance-sampling -2LL at the estimates (0: skip)")
-    p.add_argument("--max-iter", type=int, default=500)
+    p.add_argument("--covariance", choices=["sandwich", "R", "S", "louis", "linearization", "none"],
+                   help="standard errors: sandwich (default), R or S for the classical methods; louis (default) or "
+                        "linearization for SAEM/MCEM; none skips them")
+    p.add_argument("--importance-samples", type=int,
+                   help="draws per subject for the importance-sampling -2LL at the estimates (classical default 0: "
+                        "skip; SAEM/MCEM always compute it, default 1000)")
+    p.add_argument("--max-iter", type=int, help="maximum iterations (classical: BFGS, default 500; MCEM: 100)")
+    p.add_argument("--n-explore", type=int, help="SAEM: exploratory iterations (default 300)")
+    p.add_argument("--n-smooth", type=int, help="SAEM: smoothing iterations (default 200)")
+    p.add_argument("--chains", type=int, help="SAEM/MCEM: MCMC chains per subject (default ceil(200/N))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--output", help="folder for results.json, fit.json and the tables")
@@ -186,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", help="folder for predictions.csv, simulated.csv, summary.json")
     p.set_defaults(func=_cmd_demo)
+    register_report(sub)
     return parser
 
 
