@@ -171,6 +171,7 @@ def _cmd_fit(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pmxgen.report.command import register as register_report
+    from pmxgen.simulation.command import register as register_simulate
 
     parser = argparse.ArgumentParser(prog="pmxgen", description="Population pharmacometrics with pmxgen.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="folder for predictions.csv, simulated.csv, summary.json")
     p.set_defaults(func=_cmd_demo)
     register_report(sub)
+    register_simulate(sub)
     return parser
 
 
