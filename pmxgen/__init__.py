@@ -27,6 +27,10 @@ _EXPORTS = {
     "OmegaBlock": "pmxgen.models",
     "ResidualError": "pmxgen.models",
     "build_model": "pmxgen.models",
+    "PPCAModel": "pmxgen.models",
+    "fit_ppca": "pmxgen.models",
+    "ppca_dataset": "pmxgen.models",
+    "ppca_log_likelihood": "pmxgen.models",
     "fit": "pmxgen.estimation",
     "FitResult": "pmxgen.estimation",
     "ClassicalEstimator": "pmxgen.estimation",
@@ -36,6 +40,16 @@ _EXPORTS = {
     "Laplace": "pmxgen.estimation",
     "SAEM": "pmxgen.estimation",
     "MCEM": "pmxgen.estimation",
+    "VariationalEM": "pmxgen.estimation",
+    "Flow": "pmxgen.generative",
+    "AffineFlow": "pmxgen.generative",
+    "PlanarFlow": "pmxgen.generative",
+    "RadialFlow": "pmxgen.generative",
+    "AffineCouplingFlow": "pmxgen.generative",
+    "ComposedFlow": "pmxgen.generative",
+    "build_flow": "pmxgen.generative",
+    "FlowDistribution": "pmxgen.generative",
+    "SubjectEncoder": "pmxgen.estimation",
     "diagnose": "pmxgen.diagnostics",
     "Diagnostics": "pmxgen.diagnostics",
     "to_inference_data": "pmxgen.diagnostics",
@@ -51,7 +65,7 @@ _EXPORTS = {
     "fitted_values": "pmxgen.runs",
 }
 _SUBMODULES = ("data", "structural", "simulation", "datasets", "errors", "models", "estimation", "diagnostics",
-               "report", "runs")
+               "report", "runs", "generative")
 
 __all__ = sorted(list(_EXPORTS) + list(_SUBMODULES) + ["__version__"])
 

@@ -124,9 +124,11 @@ def _split(text: str | None) -> tuple[str, ...] | None:
 def _fit_options(args) -> dict:
     """Estimator keywords from the command line (each method keeps its defaults where none is given)."""
     em = args.method in ("saem", "mcem")
+    vem = args.method == "vem"
     options: dict = {"seed": args.seed, "progress": not args.quiet}
     if args.covariance is not None:
-        allowed = ("louis", "linearization", "none") if em else ("sandwich", "R", "S", "none")
+        allowed = (("louis", "linearization", "none") if em else ("linearization", "none") if vem
+                   else ("sandwich", "R", "S", "none"))
         if args.covariance not in allowed:
             raise SystemExit(f"pmxgen: --covariance {args.covariance} does not apply to --method {args.method}; "
                              f"choose one of {', '.join(allowed)}")
@@ -141,6 +143,12 @@ def _fit_options(args) -> dict:
         for key in ("n_explore", "n_smooth"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
+    vem_only = {"posterior": args.posterior, "flow": args.flow, "bound": args.bound, "n_samples": args.vem_samples,
+                "refine_iter": args.refine_iter}
+    given = [key for key, v in vem_only.items() if v is not None]
+    if given and not vem:
+        raise SystemExit(f"pmxgen: --{given[0].replace('_', '-')} applies to --method vem only")
+    options.update({key: v for key, v in vem_only.items() if v is not None})
     return options
 
 
@@ -175,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pmxgen", description="Population pharmacometrics with pmxgen.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fit", help="fit a population model (FO, FOCE, FOCE-I, Laplace, SAEM, MCEM) and write the "
+    p = sub.add_parser("fit", help="fit a population model (FO, FOCE, FOCE-I, Laplace, SAEM, MCEM, VEM) and write the "
                                    "results")
     p.add_argument("data", help="a NONMEM-style file or a bundled dataset name")
     p.add_argument("--model", required=True, help="built-in model (1cmt_oral, 2cmt_iv, ...) or a .py model file")
-    p.add_argument("--method", default="focei", choices=["fo", "foce", "focei", "laplace", "saem", "mcem"])
+    p.add_argument("--method", default="focei", choices=["fo", "foce", "focei", "laplace", "saem", "mcem", "vem"])
     p.add_argument("--error", default="combined",
                    choices=["additive", "proportional", "combined", "combined_sd", "exponential"],
                    help="residual error model (built-in models)")
@@ -189,14 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-omega", action="store_true", help="one full Omega block over the IIV effects")
     p.add_argument("--covariance", choices=["sandwich", "R", "S", "louis", "linearization", "none"],
                    help="standard errors: sandwich (default), R or S for the classical methods; louis (default) or "
-                        "linearization for SAEM/MCEM; none skips them")
+                        "linearization for SAEM/MCEM; linearization (default) for VEM; none skips them")
     p.add_argument("--importance-samples", type=int,
                    help="draws per subject for the importance-sampling -2LL at the estimates (classical default 0: "
                         "skip; SAEM/MCEM always compute it, default 1000)")
-    p.add_argument("--max-iter", type=int, help="maximum iterations (classical: BFGS, default 500; MCEM: 100)")
+    p.add_argument("--max-iter", type=int, help="maximum iterations (classical: BFGS, default 500; MCEM: 100; "
+                                                 "VEM: gradient steps, default 1000)")
     p.add_argument("--n-explore", type=int, help="SAEM: exploratory iterations (default 300)")
     p.add_argument("--n-smooth", type=int, help="SAEM: smoothing iterations (default 200)")
     p.add_argument("--chains", type=int, help="SAEM/MCEM: MCMC chains per subject (default ceil(200/N))")
+    p.add_argument("--posterior", choices=["gaussian", "flow", "amortized"],
+                   help="VEM: each subject's posterior family (default gaussian)")
+    p.add_argument("--flow", help="VEM --posterior flow: the flow, e.g. affine+planar*4 (default) or "
+                                  "affine+coupling*2+radial*2")
+    p.add_argument("--bound", choices=["elbo", "iwae"], help="VEM: the bound maximised (default elbo)")
+    p.add_argument("--vem-samples", type=int, help="VEM: draws per subject per gradient step (default 8)")
+    p.add_argument("--refine-iter", type=int,
+                   help="VEM --posterior amortized: per-subject refinement steps after the encoder fit (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--output", help="folder for results.json, fit.json and the tables")

@@ -1,11 +1,11 @@
-"""Every docstring example in pmxgen.models, .estimation, .diagnostics and .report runs and gives its output."""
+"""Every docstring example in pmxgen.models, .estimation, .diagnostics, .report and .generative runs and gives its output."""
 import doctest
 import importlib
 import pkgutil
 
 import pytest
 
-PACKAGES = ("pmxgen.models", "pmxgen.estimation", "pmxgen.diagnostics", "pmxgen.report")
+PACKAGES = ("pmxgen.models", "pmxgen.estimation", "pmxgen.diagnostics", "pmxgen.report", "pmxgen.generative")
 
 
 def _modules():

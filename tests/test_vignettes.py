@@ -22,3 +22,22 @@ def test_classical_estimators_vignette():
     assert err["FO"] > 5 and err["FO"] > err["FOCEI"] > err["LAPLACE"]
     assert err["LAPLACE"] < 3 * table.loc["LAPLACE", "is_se"] + 0.1
     assert abs(table.loc["FO", "KA"] / table.loc["FOCEI", "KA"] - 1) > 0.2
+
+
+def test_variational_estimators_vignette():
+    table = _load("variational_estimators").compare(quick=True).set_index("method")
+    assert (table["status"] == "converged").all(), table["status"]
+    focei = table.loc["FOCEI"]
+    good = ["SAEM", "VEM_GAUSSIAN", "VEM_FLOW", "VEM_AMORTIZED_REFINED"]
+    for method in good:
+        row = table.loc[method]
+        # the same importance-sampled −2LL within Monte Carlo error ...
+        assert abs(row["is_minus2ll"] - focei["is_minus2ll"]) < 0.5, method
+        # ... and the same estimates within one FOCE-I standard error
+        for name in ("KA", "CL", "V", "OMEGA(KA)", "OMEGA(CL)", "SIGMA(ADD)"):
+            assert abs(row[name] - focei[name]) < focei[f"se_{name}"], (method, name)
+    variational = table.loc[["VEM_GAUSSIAN", "VEM_FLOW", "VEM_AMORTIZED", "VEM_AMORTIZED_REFINED"]]
+    gap = variational["minus2elbo"] - variational["is_minus2ll"]
+    assert (gap > -3 * variational["is_se"]).all(), gap          # −2·ELBO ≥ −2LL
+    assert gap["VEM_GAUSSIAN"] < 1.5 and gap["VEM_FLOW"] < 1.5
+    assert gap["VEM_AMORTIZED"] > gap["VEM_AMORTIZED_REFINED"] + 1

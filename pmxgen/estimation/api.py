@@ -12,14 +12,15 @@ from .saem import MCEM, SAEM
 __all__ = ["fit", "ALL_METHODS"]
 
 #: Every method name :func:`fit` accepts.
-ALL_METHODS = CLASSICAL_METHODS + ("saem", "mcem")
+ALL_METHODS = CLASSICAL_METHODS + ("saem", "mcem", "vem")
 
 
 def fit(model: PopulationModel, data: Dataset, method: str = "focei", **options) -> FitResult:
     """Fit ``model`` to ``data`` by ``method``; ``options`` go to the estimator.
 
     ``fo``, ``foce``, ``focei`` and ``laplace`` use :class:`ClassicalEstimator`; ``saem`` and
-    ``mcem`` use :class:`~pmxgen.estimation.saem.SAEM` and :class:`~pmxgen.estimation.saem.MCEM`.
+    ``mcem`` use :class:`~pmxgen.estimation.saem.SAEM` and :class:`~pmxgen.estimation.saem.MCEM`;
+    ``vem`` uses :class:`~pmxgen.estimation.variational.VariationalEM`.
 
     Examples
     --------
@@ -35,6 +36,9 @@ def fit(model: PopulationModel, data: Dataset, method: str = "focei", **options)
         return SAEM(**options).fit(model, data)
     if key == "mcem":
         return MCEM(**options).fit(model, data)
+    if key == "vem":
+        from .variational import VariationalEM
+        return VariationalEM(**options).fit(model, data)
     if key not in CLASSICAL_METHODS:
         raise EstimationError(f"unknown method {method!r}; choose one of {', '.join(ALL_METHODS)}")
     return ClassicalEstimator(key, **options).fit(model, data)

@@ -13,7 +13,6 @@ import warnings
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy import optimize
 
@@ -24,7 +23,7 @@ from .covariance import COVARIANCE_KINDS, covariance_step
 from .ebe import solve_ebes
 from .importance import importance_sampling, importance_summary
 from .objective import METHODS, subject_objective, variance_reference
-from .posthoc import minus2ll_offset, posthoc_tables
+from .posthoc import estimate_messages, minus2ll_offset, posthoc_tables, standard_errors
 from .results import FitResult
 
 __all__ = ["ClassicalEstimator", "FO", "FOCE", "FOCEI", "Laplace", "approximate_objective",
@@ -267,16 +266,9 @@ class ClassicalEstimator:
         eta_names = model.eta_names(batch)
         eta_np = eta_hat.detach().cpu().numpy()
         full = ps.full_natural(phi_hat)
-        se = {name: float("nan") for name in ps.all_names}
-        cov_matrix = None
-        if cov_result is not None and cov_result.matrix is not None:
-            cov_matrix = cov_result.matrix
-            for name, v in zip(ps.names, np.sqrt(np.diag(cov_matrix))):
-                se[name] = float(v)
-        near = ps.near_bounds(phi_hat)
-        if near:
-            messages.append(f"estimates at or near a bound: {', '.join(near)} (an Ω variance near 0 means that "
-                            f"random effect is not supported by the data; consider removing it)")
+        se, cov_matrix = standard_errors(ps, cov_result)
+        near, notes = estimate_messages(ps, phi_hat)
+        messages.extend(notes)
         return FitResult(
             method=method, model_name=model.name, data_source=str(data.source), parameter_names=ps.all_names,
             estimated_names=ps.names, estimates=full, se=se,

@@ -17,7 +17,8 @@ from ..errors import EstimationError
 from ..models.base import PopulationModel
 from ..models.parameters import PopulationValues
 
-__all__ = ["ImportanceSamplingResult", "importance_sampling", "multivariate_t_log_density"]
+__all__ = ["ImportanceSamplingResult", "importance_sampling", "importance_sampling_from_draws", "summarize_log_weights",
+           "multivariate_t_log_density"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class ImportanceSamplingResult:
     minus2ll: float
     se: float
     n_samples: int
-    df: int
+    df: int | None
     log_marginal: torch.Tensor
     ess: torch.Tensor
 
@@ -85,28 +86,62 @@ def importance_sampling(model: PopulationModel, values: PopulationValues, batch:
         return ImportanceSamplingResult(float(-2 * ll.sum()), 0.0, n_samples, df, ll, torch.full_like(ll, n_samples))
     cov = torch.cholesky_inverse(torch.linalg.cholesky(precision.detach()))
     chol = torch.linalg.cholesky(0.5 * (cov + cov.transpose(-1, -2)))
-    j = max(batch.obs.time.shape[1], 1)
-    if chunk_size is None:
-        chunk_size = max(1, min(n_samples, 1_000_000 // max(n * j, 1)))
-    log_w = torch.empty(n_samples, n, dtype=dtype, device=device)
     # All random numbers up front, so that chunk_size changes memory use only, not the draws.
     z_all = torch.randn(n_samples, n, k, generator=gen, dtype=dtype, device=device)
     chi2_all = (torch.randn(n_samples, n, df, generator=gen, dtype=dtype, device=device) ** 2).sum(-1)
+    draws = eta_hat + (chol @ z_all[..., None])[..., 0] * torch.sqrt(df / chi2_all)[..., None]
+    log_q = multivariate_t_log_density(draws, eta_hat, chol, df)
+    return importance_sampling_from_draws(model, values, batch, draws, log_q, df=df, chunk_size=chunk_size)
+
+
+def importance_sampling_from_draws(model: PopulationModel, values: PopulationValues, batch: SubjectBatch,
+                                   draws: torch.Tensor, log_q: torch.Tensor, *, df: int | None = None,
+                                   chunk_size: int | None = None) -> ImportanceSamplingResult:
+    """Importance-sampling −2 log L from given proposal draws ``[S, N, K]`` and their log proposal density ``[S, N]``.
+
+    Any proposal works (a t around the EBEs, a variational posterior); ``df`` is recorded only.
+
+    Examples
+    --------
+    >>> import torch, pmxgen
+    >>> from pmxgen.estimation.importance import importance_sampling_from_draws
+    >>> data = pmxgen.datasets.load("theophylline")
+    >>> model = pmxgen.build_model("1cmt_oral", data, iiv=("KA", "CL"))
+    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> prior = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), values.omega)
+    >>> draws = prior.sample((50, data.n_subjects))
+    >>> result = importance_sampling_from_draws(model, values, data.batch, draws, prior.log_prob(draws))
+    >>> result.n_samples, result.log_marginal.shape
+    (50, torch.Size([12]))
+    """
+    n_samples, n, k = draws.shape
+    if n_samples < 2:
+        raise EstimationError(f"importance sampling needs at least 2 draws per subject (found {n_samples})")
+    if log_q.shape != (n_samples, n):
+        raise EstimationError(f"log_q must have shape {(n_samples, n)} like the draws (found {tuple(log_q.shape)})")
+    j = max(batch.obs.time.shape[1], 1)
+    if chunk_size is None:
+        chunk_size = max(1, min(n_samples, 1_000_000 // max(n * j, 1)))
+    log_w = torch.empty(n_samples, n, dtype=draws.dtype, device=draws.device)
     start = 0
     rep_cache: dict[int, SubjectBatch] = {}
     with torch.no_grad():
+        draws, log_q = draws.detach(), log_q.detach()
         while start < n_samples:
             m = min(chunk_size, n_samples - start)
-            z, chi2 = z_all[start:start + m], chi2_all[start:start + m]
-            draws = eta_hat + (chol @ z[..., None])[..., 0] * torch.sqrt(df / chi2)[..., None]
             if m not in rep_cache:
                 rep_cache[m] = batch.repeat(m)
-            flat = draws.reshape(m * n, k)
+            flat = draws[start:start + m].reshape(m * n, k)
             rep = rep_cache[m]
             target = model.log_likelihood(flat, values, rep) + model.log_prior(flat, values, rep)
-            proposal = multivariate_t_log_density(draws, eta_hat, chol, df)
-            log_w[start:start + m] = target.reshape(m, n) - proposal
+            log_w[start:start + m] = target.reshape(m, n) - log_q[start:start + m]
             start += m
+    return summarize_log_weights(log_w, df=df)
+
+
+def summarize_log_weights(log_w: torch.Tensor, *, df: int | None = None) -> ImportanceSamplingResult:
+    """Total −2LL, its delta-method Monte Carlo SE and per-subject ESS from log weights ``[S, N]``."""
+    n_samples = log_w.shape[0]
     log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -float("inf")))
     top = log_w.max(0).values
     w = torch.exp(log_w - top)

@@ -12,7 +12,8 @@ from ..diagnostics.residuals import epsilon_shrinkage, eta_shrinkage, nlme_resid
 from ..models.parameters import PopulationValues
 from .objective import log_two_pi_count
 
-__all__ = ["PosthocTables", "posthoc_tables", "observation_table", "individual_table", "minus2ll_offset"]
+__all__ = ["PosthocTables", "posthoc_tables", "observation_table", "individual_table", "minus2ll_offset",
+           "standard_errors", "draw_summaries", "estimate_messages", "common_result_fields"]
 
 _LOG2PI = math.log(2 * math.pi)
 
@@ -79,3 +80,57 @@ def minus2ll_offset(model, batch) -> tuple[float, int]:
     if model.error.log_scale:
         offset += float(2.0 * data_obs.y[data_obs.normal].sum())
     return offset, n_density
+
+
+def standard_errors(ps, cov_result) -> tuple[dict, np.ndarray | None]:
+    """SE by parameter name (NaN where there is none) and the covariance matrix, from a covariance-step result."""
+    se = {name: float("nan") for name in ps.all_names}
+    if cov_result is None or cov_result.matrix is None:
+        return se, None
+    for name, v in zip(ps.names, np.sqrt(np.diag(cov_result.matrix))):
+        se[name] = float(v)
+    return se, cov_result.matrix
+
+
+def draw_summaries(draws: torch.Tensor, eta_names) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Conditional mean ``[N, K]``, covariance ``[N, K, K]`` and the ``MEAN(η)``/``SD(η)`` table columns
+    from posterior draws ``[S, N, K]``."""
+    mean = draws.mean(0)
+    centred = draws - mean
+    cov = torch.einsum("snk,snl->nkl", centred, centred) / (draws.shape[0] - 1)
+    sd = torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1)).cpu().numpy()
+    mean_np = mean.cpu().numpy()
+    columns = {f"MEAN({name})": mean_np[:, j] for j, name in enumerate(eta_names)}
+    columns.update({f"SD({name})": sd[:, j] for j, name in enumerate(eta_names)})
+    return mean, cov, columns
+
+
+def estimate_messages(ps, phi_hat: torch.Tensor, importance: dict | None = None) -> tuple[list[str], list[str]]:
+    """(names of estimates near a bound, messages about them and about a small importance-sampling ESS)."""
+    near = ps.near_bounds(phi_hat)
+    messages = []
+    if near:
+        messages.append(f"estimates at or near a bound: {', '.join(near)} (an Ω variance near 0 means that "
+                        f"random effect is not supported by the data; consider removing it)")
+    if importance is not None and importance["min_ess"] < 50:
+        messages.append(f"importance sampling: smallest effective sample size {importance['min_ess']:.0f}; the "
+                        f"-2LL may be imprecise (raise importance_samples)")
+    return near, messages
+
+
+def common_result_fields(model, data: Dataset, phi_hat: torch.Tensor, cov_result, covariance_method) -> dict:
+    """The FitResult fields every estimator fills the same way: names, estimates, SEs, the
+    covariance step's outcome, sizes, IDs and the recipes that rebuild the run."""
+    ps = model.parameters
+    se, cov_matrix = standard_errors(ps, cov_result)
+    return dict(
+        model_name=getattr(model, "name", type(model).__name__), data_source=str(data.source),
+        parameter_names=ps.all_names, estimated_names=ps.names, estimates=ps.full_natural(phi_hat), se=se,
+        fixed={name: name not in ps.names for name in ps.all_names},
+        covariance=cov_matrix, covariance_method=covariance_method,
+        covariance_status="not requested" if covariance_method is None else (
+            "not run" if cov_result is None else cov_result.status),
+        covariance_message="" if cov_result is None else cov_result.message,
+        condition_number=float("nan") if cov_result is None else cov_result.condition_number,
+        n_observations=int(data.n_observations), n_subjects=data.n_subjects, ids=tuple(data.ids),
+        model_recipe=getattr(model, "recipe", None), data_recipe=data.recipe)

@@ -50,6 +50,10 @@ class FitResult:
     posterior_draws : numpy.ndarray or None
         Draws ``[S, N, K]`` of each subject's η from its conditional distribution, where the
         estimator makes them (MCMC of SAEM/MCEM, variational posteriors); None otherwise.
+    elbo : dict or None
+        Variational estimators: the final evidence lower bound (``elbo``, its Monte Carlo
+        ``se``, the ``bound`` used in fitting, ``elbo`` or ``iwae``) on the log-likelihood scale
+        (≤ the log-likelihood; compare with ``-minus2ll / 2``).
     model_recipe, data_recipe : dict or None
         How to rebuild the model and re-read the data (see :func:`pmxgen.load_run`); None when
         the model was built in Python without a recipe.
@@ -96,6 +100,7 @@ class FitResult:
     model_recipe: dict | None = None
     data_recipe: dict | None = None
     posterior_draws: Any = None
+    elbo: dict | None = None
 
     # ------------------------------------------------------------ derived
     @property
@@ -176,6 +181,9 @@ class FitResult:
             s = self.importance_sampling
             lines.append(f"  -2LL by importance sampling ({s['n_samples']} draws/subject, t{s['df']} proposal): "
                          f"{s['minus2ll']:.4f} +/- {s['se']:.4f} (MC SE)")
+        if self.elbo:
+            e = self.elbo
+            lines.append(f"  ELBO: {e['elbo']:.4f} +/- {e['se']:.4f} (MC SE; -2*ELBO = {-2 * e['elbo']:.4f})")
         lines += ["", "Parameters", self.parameter_table().to_string(index=False, float_format=lambda v: f"{v:.5g}"),
                   "", "Shrinkage (SD-based, %)"]
         lines.append("  " + "  ".join(f"{k}: {100 * v:.1f}" for k, v in self.shrinkage.items()))

@@ -38,7 +38,7 @@ from .em_steps import EMParameters, sufficient_statistics
 from .importance import importance_sampling, importance_summary
 from .louis import louis_covariance
 from .mcmc import ConditionalTarget, KernelState, apply_kernels, sample_conditional, validate_kernels
-from .posthoc import minus2ll_offset, posthoc_tables
+from .posthoc import common_result_fields, draw_summaries, estimate_messages, minus2ll_offset, posthoc_tables
 from .results import FitResult
 
 __all__ = ["SAEM", "MCEM", "EM_COVARIANCE"]
@@ -152,9 +152,8 @@ class _EMEstimator:
         draws = sample_conditional(model, values, batch, n_draws=int(self.posterior_draws), n_chains=chains,
                                    burn_in=int(self.posterior_burn_in), kernels=kernels, eta0=start,
                                    seed=int(self.seed) + 1)
-        cond_mean = draws.mean(0)
-        centred = draws - cond_mean
-        cond_cov = torch.einsum("snk,snl->nkl", centred, centred) / (draws.shape[0] - 1)
+        eta_names = tuple(model.eta_names(batch))
+        cond_mean, cond_cov, extra = draw_summaries(draws, eta_names)
         modes = solve_ebes(model, values, batch, cond_mean, max_iter=100, tol=1e-10).eta
         # Importance sampling with a t proposal matched to the conditional mean and covariance
         # (slightly widened so that its tails cover the target's).
@@ -175,41 +174,16 @@ class _EMEstimator:
         elif self.covariance == "linearization":
             objective = approximate_objective(model, batch, "focei")
             cov_result = objective_covariance(ps, objective, phi_hat, modes, "R")
-        se = {name: float("nan") for name in ps.all_names}
-        cov_matrix = None
-        if cov_result is not None and cov_result.matrix is not None:
-            cov_matrix = cov_result.matrix
-            for name, v in zip(ps.names, np.sqrt(np.diag(cov_matrix))):
-                se[name] = float(v)
-        eta_names = tuple(model.eta_names(batch))
-        sd = torch.sqrt(torch.diagonal(cond_cov, dim1=-2, dim2=-1)).cpu().numpy()
-        mean_np = cond_mean.cpu().numpy()
-        extra = {f"MEAN({name})": mean_np[:, j] for j, name in enumerate(eta_names)}
-        extra.update({f"SD({name})": sd[:, j] for j, name in enumerate(eta_names)})
         tables = posthoc_tables(model, data, values, modes, extra_individual=extra)
-        near = ps.near_bounds(phi_hat)
-        messages = list(messages) + em.messages[:5]
-        if near:
-            messages.append(f"estimates at or near a bound: {', '.join(near)} (an Ω variance near 0 means that "
-                            f"random effect is not supported by the data; consider removing it)")
-        if is_dict["min_ess"] < 50:
-            messages.append(f"importance sampling: smallest effective sample size {is_dict['min_ess']:.0f}; the "
-                            f"-2LL may be imprecise (raise importance_samples)")
+        near, notes = estimate_messages(ps, phi_hat, is_dict)
+        messages = list(messages) + em.messages[:5] + notes
         return FitResult(
-            method=self.method, model_name=model.name, data_source=str(data.source), parameter_names=ps.all_names,
-            estimated_names=ps.names, estimates=ps.full_natural(phi_hat), se=se,
-            fixed={name: name not in ps.names for name in ps.all_names},
-            covariance=cov_matrix, covariance_method=self.covariance,
-            covariance_status="not requested" if self.covariance is None else cov_result.status,
-            covariance_message="" if cov_result is None else cov_result.message,
-            condition_number=float("nan") if cov_result is None else cov_result.condition_number,
-            ofv=ofv, minus2ll=minus2ll, n_observations=int(data.n_observations), n_subjects=n,
-            ids=tuple(data.ids), eta_names=eta_names, ebe=modes.detach().cpu().numpy(),
+            method=self.method, **common_result_fields(model, data, phi_hat, cov_result, self.covariance),
+            ofv=ofv, minus2ll=minus2ll, eta_names=eta_names, ebe=modes.detach().cpu().numpy(),
             ebe_covariance=cond_cov.cpu().numpy(), observations=tables.observations, individual=tables.individual,
             shrinkage=tables.shrinkage, history=tuple(history), status=status, messages=tuple(messages),
             near_bounds=tuple(near), importance_sampling=is_dict, elapsed_seconds=time.perf_counter() - started,
-            options=self._options(chains), model_recipe=getattr(model, "recipe", None), data_recipe=data.recipe,
-            posterior_draws=draws.cpu().numpy())
+            options=self._options(chains), posterior_draws=draws.cpu().numpy())
 
     def _options(self, chains: int) -> dict:
         return {"method": self.method, "n_chains": chains, "kernels": dict(self.kernels),

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import optimize
 
 import pmxgen
 from pmxgen.cli import main
@@ -27,74 +26,16 @@ from pmxgen.errors import EstimationError
 from pmxgen.estimation import MCEM, SAEM, FitResult, louis_information
 from pmxgen.estimation.em_steps import EMParameters
 from pmxgen.estimation.mu_reference import find_mu_references
-from pmxgen.models import NLMEModel, OmegaBlock, build_model
-from linear_gaussian import LinearInTime
+from pmxgen.models import NLMEModel, build_model
+from linear_gaussian import LINEAR_NAMES, exact_minus2ll as _exact_minus2ll, exact_mle as _exact_mle, \
+    linear_data as _linear_data, linear_model as _linear_model
 from simulated_models import model_for, true_values, z_scores
 
-LOG2PI = math.log(2 * math.pi)
 REFERENCE_FILE = Path(__file__).parent / "reference" / "focei_simulated.json"
 QUICK = {"n_explore": 20, "n_smooth": 10, "importance_samples": 50, "posterior_draws": 20, "posterior_burn_in": 5}
 
 
-# ------------------------------------------------------------------------ linear-Gaussian: exact MLE
-def _linear_data(n_subjects=30, seed=4):
-    rng = np.random.default_rng(seed)
-    omega = np.array([[1.5, 0.2], [0.2, 0.08]])
-    rows, subjects = [], []
-    for i in range(n_subjects):
-        t = np.sort(rng.uniform(0, 10, 3 + i % 3))
-        eta = rng.multivariate_normal(np.zeros(2), omega)
-        y = 10 + eta[0] + (-0.6 + eta[1]) * t + rng.normal(0, math.sqrt(0.4), t.size)
-        subjects.append((t, y))
-        rows += [{"ID": i + 1, "TIME": a, "DV": b} for a, b in zip(t, y)]
-    return pmxgen.read_nonmem(pd.DataFrame(rows)), subjects
-
-
-def _exact_minus2ll(p, subjects):
-    """p = (TA, TB, Ω11, Ω21, Ω22, σ²) on the natural scale."""
-    ta, tb, o11, o21, o22, s2 = p
-    om = np.array([[o11, o21], [o21, o22]])
-    total = 0.0
-    for t, y in subjects:
-        z = np.column_stack([np.ones_like(t), t])
-        cov = z @ om @ z.T + s2 * np.eye(t.size)
-        sign, logdet = np.linalg.slogdet(cov)
-        if sign <= 0:
-            return np.inf
-        r = y - (ta + tb * t)
-        total += t.size * LOG2PI + logdet + r @ np.linalg.solve(cov, r)
-    return total
-
-
-def _exact_mle(subjects):
-    def f(x):  # x: TA, TB, log-Cholesky of Ω (3), log σ²
-        l11, l21, l22 = math.exp(x[2]), x[3], math.exp(x[4])
-        return _exact_minus2ll([x[0], x[1], l11 ** 2, l11 * l21, l21 ** 2 + l22 ** 2, math.exp(x[5])], subjects)
-
-    res = optimize.minimize(f, np.array([9.0, -0.5, 0.0, 0.0, -1.0, -1.0]), method="BFGS", options={"gtol": 1e-8})
-    x = res.x
-    l11, l21, l22 = math.exp(x[2]), x[3], math.exp(x[4])
-    p = np.array([x[0], x[1], l11 ** 2, l11 * l21, l21 ** 2 + l22 ** 2, math.exp(x[5])])
-    hess = np.empty((6, 6))
-    steps = 1e-4 * np.maximum(np.abs(p), 1e-2)
-    for i in range(6):
-        for j in range(6):
-            ei, ej = np.eye(6)[i] * steps[i], np.eye(6)[j] * steps[j]
-            hess[i, j] = (_exact_minus2ll(p + ei + ej, subjects) - _exact_minus2ll(p + ei - ej, subjects)
-                          - _exact_minus2ll(p - ei + ej, subjects) + _exact_minus2ll(p - ei - ej, subjects)) \
-                / (4 * steps[i] * steps[j])
-    info = hess / 2
-    return p, info, float(res.fun)
-
-
-def _linear_model():
-    return NLMEModel(LinearInTime(), theta={"TA": 9.0, "TB": -0.5},
-                     omega=OmegaBlock(["A", "B"], [[1.0, 0.0], [0.0, 0.1]]),
-                     error={"kind": "additive", "init": {"ADD": 1.0}},
-                     individual=lambda th, eta, cov: {"A": th["TA"] + eta["A"], "B": th["TB"] + eta["B"]})
-
-
-NAMES = ("TA", "TB", "OMEGA(A)", "OMEGA(B,A)", "OMEGA(B)", "SIGMA(ADD)")
+NAMES = LINEAR_NAMES
 
 
 @pytest.fixture(scope="module")
