@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
+from abc import ABC, abstractmethod
 import time
 import warnings
 from typing import Callable
@@ -47,7 +48,7 @@ __all__ = ["SAEM", "MCEM", "EM_COVARIANCE"]
 EM_COVARIANCE = ("louis", "linearization")
 
 
-class _EMEstimator:
+class _EMEstimator(ABC):
     """Options and the parts of a fit common to SAEM and MCEM."""
 
     method = "em"
@@ -127,8 +128,9 @@ class _EMEstimator:
         finally:
             torch.set_num_threads(previous)
 
-    def _run(self, model, data, em, kernels, gen, history):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _run(self, model, data, em, kernels, gen, history):
+        """Run the iterations; return (status, messages, final kernel state)."""
 
     def _record(self, history: list, em: EMParameters, iteration: int, phase: str) -> None:
         entry = {"iteration": iteration, "phase": phase, "ofv": float("nan"), **em.ps.full_natural(em.phi)}
