@@ -139,6 +139,11 @@ def _fit_options(args) -> dict:
         options["max_iter"] = args.max_iter
     if em and args.chains is not None:
         options["n_chains"] = args.chains
+    if args.derivatives is not None:
+        if args.method not in ("fo", "foce", "focei", "laplace"):
+            raise SystemExit(f"pmxgen: --derivatives applies to fo, foce, focei and laplace, not --method "
+                             f"{args.method}")
+        options["derivatives"] = args.derivatives
     if args.method == "saem":
         for key in ("n_explore", "n_smooth"):
             if getattr(args, key) is not None:
@@ -203,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "skip; SAEM/MCEM always compute it, default 1000)")
     p.add_argument("--max-iter", type=int, help="maximum iterations (classical: BFGS, default 500; MCEM: 100; "
                                                  "VEM: gradient steps, default 1000)")
+    p.add_argument("--derivatives", choices=["auto", "expansion", "autograd"],
+                   help="FO/FOCE/FOCE-I/Laplace: derivatives of the predictions from a second-order expansion "
+                        "(central differences in one batched evaluation) or autograd; auto (default) expands ODE "
+                        "models")
     p.add_argument("--n-explore", type=int, help="SAEM: exploratory iterations (default 300)")
     p.add_argument("--n-smooth", type=int, help="SAEM: smoothing iterations (default 200)")
     p.add_argument("--chains", type=int, help="SAEM/MCEM: MCMC chains per subject (default ceil(200/N))")

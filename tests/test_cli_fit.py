@@ -46,13 +46,14 @@ def test_fit_with_a_model_file(tmp_path, capsys):
         "                     omega={'KA': 0.3, 'CL': 0.1}, error={'kind': 'additive', 'init': {'ADD': 0.5}},\n"
         "                     individual=individual)\n")
     code = main(["fit", "theophylline", "--model", str(model_file), "--method", "foce", "--covariance", "none",
-                 "--quiet", "--output", str(tmp_path / "out")])
+                 "--derivatives", "expansion", "--quiet", "--output", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "FOCE iteration" not in captured.err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["covariance"]["status"] == "not requested"
     assert 2.0 < results["parameters"]["CL"]["estimate"] < 4.0
+    assert FitResult.from_json(tmp_path / "out" / "fit.json").options["derivatives"] == "expansion"
 
 
 def test_fit_errors_are_clean(tmp_path, capsys):
@@ -61,6 +62,8 @@ def test_fit_errors_are_clean(tmp_path, capsys):
     assert "pmxgen: error:" in err and "proportional" in err and "row" in err
     with pytest.raises(SystemExit, match="neither a .py model file nor a built-in model"):
         main(["fit", "theophylline", "--model", "7cmt_magic"])
+    with pytest.raises(SystemExit, match="--derivatives applies to fo, foce, focei and laplace"):
+        main(["fit", "theophylline", "--model", "1cmt_oral", "--method", "saem", "--derivatives", "expansion"])
 
 
 def test_readme_model_file_example_fits(tmp_path, capsys):

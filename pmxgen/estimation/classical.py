@@ -22,6 +22,7 @@ from ..models.nlme import NLMEModel
 from .covariance import COVARIANCE_KINDS, covariance_step
 from .ebe import solve_ebes
 from .importance import importance_sampling, importance_summary
+from .expansion import DERIVATIVES, resolve_derivatives
 from .objective import METHODS, subject_objective, variance_reference
 from .posthoc import estimate_messages, minus2ll_offset, posthoc_tables, standard_errors
 from .results import FitResult
@@ -31,6 +32,8 @@ __all__ = ["ClassicalEstimator", "FO", "FOCE", "FOCEI", "Laplace", "approximate_
 
 _LOG2PI = math.log(2 * math.pi)
 _PENALTY = 1e12
+#: Inner (EBE) tolerance on the Newton decrement for the covariance step's re-solved EBEs.
+COVARIANCE_INNER_TOL = 1e-14
 
 
 class ClassicalEstimator:
@@ -56,6 +59,14 @@ class ClassicalEstimator:
         Degrees of freedom of the multivariate-t proposal.
     inner_max_iter, inner_tol : int, float
         EBE Newton iterations and tolerance on the Newton decrement.
+    derivatives : {"auto", "expansion", "autograd"}
+        How the first and second derivatives of the predictions with respect to η and the
+        parameters are taken: from a second-order expansion in the individual parameters built
+        by central differences in one batched model evaluation (:mod:`.expansion`; relative
+        error about 1e-8, an order of magnitude faster for ODE models), or by automatic
+        differentiation through the structural model (exact; always used by Laplace's
+        objective, which needs third derivatives, and by models with inter-occasion
+        variability). ``"auto"``: expansion for ODE models, autograd for closed forms.
     seed : int
         Seed for importance sampling.
     progress : bool or callable
@@ -79,7 +90,7 @@ class ClassicalEstimator:
 
     def __init__(self, method: str = "focei", *, max_iter: int = 500, gtol: float = 1e-4, gradient: str = "exact",
                  covariance: str | None = "sandwich", importance_samples: int = 0, importance_df: int = 4,
-                 inner_max_iter: int = 100, inner_tol: float = 1e-8, seed: int = 0,
+                 inner_max_iter: int = 100, inner_tol: float = 1e-8, derivatives: str = "auto", seed: int = 0,
                  progress: bool | Callable = False, progress_every: int = 10, cpu_threads: int | None = 1):
         self.method = method
         self.max_iter = max_iter
@@ -90,6 +101,7 @@ class ClassicalEstimator:
         self.importance_df = importance_df
         self.inner_max_iter = inner_max_iter
         self.inner_tol = inner_tol
+        self.derivatives = derivatives
         self.seed = seed
         self.progress = progress
         self.progress_every = progress_every
@@ -116,6 +128,8 @@ class ClassicalEstimator:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 raise EstimationError(f"{name} must be a positive number (found {v!r})")
+        if self.derivatives not in DERIVATIVES:
+            raise EstimationError(f"derivatives must be one of {', '.join(DERIVATIVES)} (found {self.derivatives!r})")
         if self.gradient not in ("exact", "finite"):
             raise EstimationError(f"gradient must be 'exact' or 'finite' (found {self.gradient!r})")
         if self.covariance is not None and self.covariance not in COVARIANCE_KINDS:
@@ -157,7 +171,8 @@ class ClassicalEstimator:
         state = {"eta": torch.zeros(n, k, dtype=dtype, device=device), "evals": 0}
         messages: list[str] = []
 
-        objective_at_phi = approximate_objective(model, batch, method, self.inner_max_iter, self.inner_tol)
+        objective_at_phi = approximate_objective(model, batch, method, self.inner_max_iter, self.inner_tol,
+                                                 self.derivatives)
 
         def fun(x: np.ndarray):
             state["evals"] += 1
@@ -239,8 +254,9 @@ class ClassicalEstimator:
             ref = variance_reference(model, values, batch, method if method != "fo" else "focei")
         eta_hat = solve_ebes(model, values, batch, state["eta"] if method != "fo" else torch.zeros(n, k, dtype=dtype,
                                                                                                    device=device),
-                             variance_at=ref, max_iter=self.inner_max_iter, tol=self.inner_tol).eta
-        so = subject_objective(model, values, batch, eta_hat, method)
+                             variance_at=ref, max_iter=self.inner_max_iter, tol=self.inner_tol,
+                             derivatives=self.derivatives).eta
+        so = subject_objective(model, values, batch, eta_hat, method, derivatives=self.derivatives)
         ofv = float(so.ofv.detach().sum())
         offset, n_density = minus2ll_offset(model, batch)
         minus2ll = ofv + offset
@@ -254,7 +270,11 @@ class ClassicalEstimator:
         # Covariance step.
         cov_result = None
         if self.covariance is not None and status != "failed":
-            cov_result = objective_covariance(ps, objective_at_phi, phi_hat, eta_hat, self.covariance)
+            # R is a central difference of gradients at φ ± 1e-4·φ: the EBEs at those points must
+            # be solved far below the step's effect on them, or their error enters R at O(1).
+            precise = approximate_objective(model, batch, method, self.inner_max_iter, COVARIANCE_INNER_TOL,
+                                            self.derivatives)
+            cov_result = objective_covariance(ps, precise, phi_hat, eta_hat, self.covariance)
         # Importance sampling.
         is_dict = None
         if self.importance_samples:
@@ -286,6 +306,7 @@ class ClassicalEstimator:
             options={"method": method, "max_iter": self.max_iter, "gtol": self.gtol, "gradient": self.gradient,
                      "covariance": self.covariance, "importance_samples": self.importance_samples,
                      "importance_df": self.importance_df, "seed": self.seed, "inner_tol": self.inner_tol,
+                     "derivatives": resolve_derivatives(self.derivatives, model),
                      "cpu_threads": self.cpu_threads},
             model_recipe=getattr(model, "recipe", None), data_recipe=data.recipe)
 
@@ -308,25 +329,28 @@ class ClassicalEstimator:
 
 
 def approximate_objective(model: NLMEModel, batch, method: str, inner_max_iter: int = 100,
-                          inner_tol: float = 1e-8) -> Callable:
+                          inner_tol: float = 1e-8, derivatives: str = "auto") -> Callable:
     """``objective_at_phi(phi, eta0, per_subject=False) -> (OFV, EBEs)`` of ``method``, differentiable in φ.
 
     The EBEs are re-solved at each φ from ``eta0`` (not for FO); ``phi`` may be ``[P]`` or
-    ``[N, P]`` (one row per subject, for per-subject gradients).
+    ``[N, P]`` (one row per subject, for per-subject gradients). ``derivatives`` as in
+    :func:`.objective.subject_objective`.
     """
     ps = model.parameters
+    cache: dict = {}
 
     def ebes(values, eta0):
         if method == "fo":
             return eta0
         with torch.no_grad():
             ref = variance_reference(model, values, batch, method)
-        return solve_ebes(model, values, batch, eta0, variance_at=ref, max_iter=inner_max_iter, tol=inner_tol).eta
+        return solve_ebes(model, values, batch, eta0, variance_at=ref, max_iter=inner_max_iter, tol=inner_tol,
+                          derivatives=derivatives).eta
 
     def objective_at_phi(phi: torch.Tensor, eta0: torch.Tensor, *, per_subject: bool = False):
         values = ps.unpack(phi)
         eta = ebes(ps.unpack(phi.detach()), eta0)
-        so = subject_objective(model, values, batch, eta, method)
+        so = subject_objective(model, values, batch, eta, method, derivatives=derivatives, cache=cache)
         return (so.ofv if per_subject else so.ofv.sum()), eta
 
     return objective_at_phi

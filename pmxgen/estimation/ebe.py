@@ -2,8 +2,9 @@
 
 Batched Newton steps with the exact Hessian in η (eigenvalues raised to a positive floor
 where it is not positive definite) and a per-subject backtracking line search (Armijo),
-warm-started from the previous estimates. A subject whose objective is not finite at the
-start is restarted at 0.
+warm-started from the previous estimates; once the Newton decrement is below
+:data:`PURE_NEWTON_DECREMENT` full steps are taken (the quadratically convergent phase). A
+subject whose objective is not finite at the start is restarted at 0.
 """
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from ..data.batching import SubjectBatch
 from ..errors import IntegrationError, ModelError
 from ..models.nlme import NLMEModel, ObservedData
 from ..models.parameters import PopulationValues
+from .expansion import expanded_model, resolve_derivatives
 from .linearization import inner_objective
 from .objective import _detached_values, exact_eta_hessian
 
-__all__ = ["EBEResult", "solve_ebes", "MAX_STEP"]
+__all__ = ["EBEResult", "solve_ebes", "MAX_STEP", "PURE_NEWTON_DECREMENT"]
 
 #: Largest Newton step, in prior standard deviations of each η.
 MAX_STEP = 3.0
+#: Newton decrement (objective units) below which full steps are taken without a line search.
+PURE_NEWTON_DECREMENT = 1e-5
 
 
 @dataclass
@@ -36,23 +40,29 @@ class EBEResult:
 
 def solve_ebes(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, eta0: torch.Tensor, *,
                variance_at: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-10,
-               max_halvings: int = 30) -> EBEResult:
+               max_halvings: int = 30, derivatives: str = "auto") -> EBEResult:
     """Mode of ``−2 log p(y_i|η) p(η)`` for each subject, from ``eta0`` (all values detached).
 
     ``tol`` bounds the Newton decrement ``gᵀH⁻¹g`` (objective units) at convergence.
+    ``derivatives``: ``"expansion"`` takes the gradient and Hessian of each Newton step from a
+    :mod:`second-order expansion <.expansion>` of the predictions (one batched forward
+    evaluation), ``"autograd"`` by differentiating through the structural model. The line
+    search always evaluates the model itself. ``"auto"`` chooses (see
+    :func:`.expansion.resolve_derivatives`).
     """
     with torch.enable_grad():
-        return _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings)
+        return _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings, derivatives)
 
 
-def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings) -> EBEResult:
+def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings, derivatives) -> EBEResult:
     values = _detached_values(values)
     variance_at = None if variance_at is None else variance_at.detach()
     omega = model.omega_matrix(values, batch)
     data = model.observed(batch)
     eta = eta0.detach().clone()
     n, k = eta.shape
-    everyone = _Problem(model, values, batch, omega, data, variance_at)
+    everyone = _Problem(model, values, batch, omega, data, variance_at,
+                        resolve_derivatives(derivatives, model) == "expansion")
     obj = everyone.objective(eta)
     restart = ~torch.isfinite(obj)
     if bool(restart.any()):
@@ -61,6 +71,7 @@ def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings)
     if k == 0:
         return EBEResult(eta, obj, torch.ones(n, dtype=torch.bool, device=eta.device), 0)
     converged = torch.zeros(n, dtype=torch.bool, device=eta.device)
+    last_decrement = torch.full((n,), float("inf"), dtype=eta.dtype, device=eta.device)
     # Subjects leave the computation once converged (not with IOV: the η layout depends on the batch).
     can_subset = not getattr(model, "iov_names", ())
     it = 0
@@ -81,10 +92,22 @@ def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings)
             step = step / ratio
             decrement = -(grad * step).sum(-1)
             done = decrement.abs() < tol
-            pending = ~done
+            # Pure Newton phase: with a tiny decrement the quadratic model is accurate to working
+            # precision, so the full step is taken without a line search (whose objective
+            # differences would be rounding or solver noise). A decrement that stopped
+            # shrinking quadratically means the subject is at its mode to working precision.
+            quadratic = ~done & (decrement >= 0) & (decrement < PURE_NEWTON_DECREMENT)
+            stalled = quadratic & (decrement > 0.1 * last_decrement[idx])
+            done = done | stalled
+            quadratic = quadratic & ~stalled
+            # Newton's decrement contracts quadratically there (d_next ~ d²): when d² is far below
+            # tol, the full step lands within tol without another derivative evaluation to confirm.
+            finished = quadratic & (decrement * decrement < 1e-2 * tol)
+            last_decrement[idx] = decrement
+            pending = ~done & ~quadratic
             alpha = torch.ones(idx.numel(), dtype=eta.dtype, device=eta.device)
-            new_eta = e_sub.clone()
-            best = cur
+            new_eta = torch.where(quadratic[:, None], e_sub + step, e_sub)
+            best = torch.where(quadratic, cur - 0.5 * decrement, cur)
             for _ in range(max_halvings):
                 if not bool(pending.any()):
                     break
@@ -96,7 +119,7 @@ def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings)
                 pending = pending & ~ok
                 alpha = torch.where(pending, alpha * 0.5, alpha)
             # No acceptable step: the subject sits at a mode to working precision.
-            done = done | pending
+            done = done | pending | finished
             eta[idx] = new_eta
             obj[idx] = best
             converged[idx] = done
@@ -106,9 +129,10 @@ def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings)
 class _Problem:
     """The inner objective for a set of subjects (all, or a selection of them)."""
 
-    def __init__(self, model, values, batch, omega, data, variance_at):
+    def __init__(self, model, values, batch, omega, data, variance_at, expand=False):
         self.model, self.values, self.batch, self.omega, self.data = model, values, batch, omega, data
         self.variance_at = variance_at
+        self.expand = expand
         self.prior_sd = torch.sqrt(torch.diagonal(omega, dim1=-2, dim2=-1))
 
     def select(self, idx: torch.Tensor) -> "_Problem":
@@ -123,7 +147,7 @@ class _Problem:
         omega = self.omega if self.omega.dim() < 3 else pick(self.omega)
         data = ObservedData(y=pick(self.data.y), mask=pick(self.data.mask), blq=pick(self.data.blq),
                             lloq=pick(self.data.lloq))
-        return _Problem(self.model, values, self.batch.select(idx), omega, data, pick(self.variance_at))
+        return _Problem(self.model, values, self.batch.select(idx), omega, data, pick(self.variance_at), self.expand)
 
     def objective(self, eta: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -136,9 +160,12 @@ class _Problem:
         return torch.where(torch.isfinite(obj), obj, torch.full_like(obj, float("inf")))
 
     def derivatives(self, eta: torch.Tensor):
+        model = self.model
+        if self.expand:
+            model = expanded_model(model, eta, self.values, self.batch) or model
         e = eta.clone().requires_grad_(True)
-        m, v = self.model.moments(e, self.values, self.batch, variance_at=self.variance_at)
-        cur = inner_objective(self.model, m, v, e, self.omega, self.data)
+        m, v = model.moments(e, self.values, self.batch, variance_at=self.variance_at)
+        cur = inner_objective(model, m, v, e, self.omega, self.data)
         grad, hess = exact_eta_hessian(cur, e, create_graph=False)
         return grad.detach(), hess.detach(), cur.detach()
 

@@ -26,10 +26,11 @@ from ..data.batching import SubjectBatch
 from ..errors import EstimationError
 from ..models.nlme import NLMEModel, ObservedData
 from ..models.parameters import PopulationValues
+from .expansion import DERIVATIVES, expanded_model, resolve_derivatives
 from .linearization import fisher_information, inner_objective, linearize
 
-__all__ = ["METHODS", "SubjectObjective", "subject_objective", "variance_reference", "exact_eta_hessian",
-           "log_two_pi_count"]
+__all__ = ["METHODS", "DERIVATIVES", "SubjectObjective", "subject_objective", "variance_reference",
+           "exact_eta_hessian", "log_two_pi_count"]
 
 #: The linearisation-based estimation methods.
 METHODS = ("fo", "foce", "focei", "laplace")
@@ -99,14 +100,19 @@ def _fo(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, data: O
 
 
 def subject_objective(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, eta_hat: torch.Tensor,
-                      method: str) -> SubjectObjective:
+                      method: str, *, derivatives: str = "auto", cache: dict | None = None) -> SubjectObjective:
     """Each subject's approximate −2 log-likelihood (OFV convention), differentiable in ``values``.
 
     ``eta_hat`` are the converged EBEs for ``values`` (ignored by FO). Works under
     ``torch.no_grad()`` too (the η-derivatives it needs are taken with autograd enabled).
+    ``derivatives="expansion"`` takes the derivatives of the predictions from a
+    :mod:`second-order expansion <.expansion>` (FO, FOCE, FOCE-I; Laplace needs third
+    derivatives and keeps autograd), ``"autograd"`` differentiates through the structural
+    model, ``"auto"`` chooses (see :func:`.expansion.resolve_derivatives`).
+    ``cache`` keeps the expansion's replicated batch between calls.
     """
     with torch.enable_grad():
-        return _subject_objective(model, values, batch, eta_hat, method)
+        return _subject_objective(model, values, batch, eta_hat, method, derivatives, cache)
 
 
 def _detached_values(values: PopulationValues) -> PopulationValues:
@@ -115,14 +121,21 @@ def _detached_values(values: PopulationValues) -> PopulationValues:
 
 
 def _subject_objective(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, eta_hat: torch.Tensor,
-                       method: str) -> SubjectObjective:
+                       method: str, derivatives: str = "auto", cache: dict | None = None) -> SubjectObjective:
     if method not in METHODS:
         raise EstimationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    derivatives = resolve_derivatives(derivatives, model)
     data = model.observed(batch)
+    # FOCE's residual variance at η = 0 comes from the model itself, not from an expansion at η̂.
+    var_ref = variance_reference(model, values, batch, method)
+    if derivatives == "expansion" and method != "laplace":
+        at = torch.zeros_like(eta_hat) if method == "fo" else eta_hat
+        expanded = expanded_model(model, at.detach(), _detached_values(values), batch, replicated=cache)
+        if expanded is not None:
+            model = expanded
     if method == "fo":
         return _fo(model, values, batch, data)
     omega = model.omega_matrix(values, batch)
-    var_ref = variance_reference(model, values, batch, method)
     if eta_hat.shape[-1] == 0:
         # No random effects: the likelihood itself, no approximation.
         m, v = model.moments(eta_hat.detach(), values, batch, variance_at=var_ref)

@@ -33,7 +33,7 @@ import torch
 from ..data.dataset import Dataset
 from ..errors import ConvergenceWarning, EstimationError
 from ..models.nlme import NLMEModel
-from .classical import approximate_objective, objective_covariance
+from .classical import COVARIANCE_INNER_TOL, approximate_objective, objective_covariance
 from .ebe import solve_ebes
 from .em_steps import EMParameters, sufficient_statistics
 from .importance import importance_sampling, importance_summary
@@ -174,7 +174,7 @@ class _EMEstimator(ABC):
             used = min(draws.shape[0], max(100, 200_000 // n))
             cov_result = louis_covariance(model, phi_hat, batch, draws[:used], em.mu_refs)
         elif self.covariance == "linearization":
-            objective = approximate_objective(model, batch, "focei")
+            objective = approximate_objective(model, batch, "focei", inner_tol=COVARIANCE_INNER_TOL)
             cov_result = objective_covariance(ps, objective, phi_hat, modes, "R")
         tables = posthoc_tables(model, data, values, modes, extra_individual=extra)
         near, notes = estimate_messages(ps, phi_hat, is_dict)

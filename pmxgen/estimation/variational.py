@@ -40,7 +40,7 @@ from ..errors import ConvergenceWarning, EstimationError
 from ..generative.flows import AffineFlow, ComposedFlow, FlowDistribution, build_flow
 from ..models.base import PopulationModel
 from ..models.nlme import NLMEModel
-from .classical import approximate_objective, objective_covariance
+from .classical import COVARIANCE_INNER_TOL, approximate_objective, objective_covariance
 from .ebe import solve_ebes
 from .encoder import SubjectEncoder
 from .importance import importance_sampling_from_draws, importance_summary
@@ -415,7 +415,7 @@ class VariationalEM:
         if isinstance(model, NLMEModel):
             modes = solve_ebes(model, values, batch, cond_mean, max_iter=100, tol=1e-10).eta
             if self.covariance == "linearization":
-                objective = approximate_objective(model, batch, "focei")
+                objective = approximate_objective(model, batch, "focei", inner_tol=COVARIANCE_INNER_TOL)
                 cov_result = objective_covariance(ps, objective, phi_hat, modes, "R")
         else:
             modes = cond_mean

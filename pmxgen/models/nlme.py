@@ -1,13 +1,14 @@
 """Nonlinear mixed-effects models: a structural model, individual parameters and a residual error."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
 
 from ..data.batching import SubjectBatch
-from ..errors import DatasetError, ModelError
+from ..errors import DatasetError, DatasetWarning, ModelError
 from ..structural.base import DOSE_PARAMETER, StructuralModel
 from .base import PopulationModel
 from .parameters import OmegaBlock, ParameterSet, PopulationValues, Theta, omega_blocks
@@ -176,9 +177,9 @@ class NLMEModel(PopulationModel):
             o = 0 if occasion is None else occasion
             s = k1 + o * len(self.iov_names)
             eta_d.update({n: eta[:, s + k] for k, n in enumerate(self.iov_names)})
-        cov = self.covariates(batch)
+        view = _CovariateView(self.covariates(batch), batch.covariate_names)
         try:
-            raw = self.individual(values.theta, eta_d, _CovariateView(cov, batch.covariate_names))
+            raw = self.individual(values.theta, eta_d, view)
         except KeyError as exc:
             raise ModelError(f"the individual-parameter function asked for {exc.args[0]!r}, which is missing; "
                              f"θ: {', '.join(values.theta)}; η: {', '.join(eta_d)}; covariates: "
@@ -194,6 +195,7 @@ class NLMEModel(PopulationModel):
             if t.shape != (n,):
                 raise ModelError(f"individual parameter {k} has shape {tuple(t.shape)}; expected ({n},)")
             params[str(k)] = t
+        self._covariates_read = frozenset(view.read)
         missing = [p for p in self.structural.parameters if p not in params]
         if missing:
             raise ModelError(f"individual(...) returned no {', '.join(missing)}; {self.structural.name} needs "
@@ -275,6 +277,7 @@ class NLMEModel(PopulationModel):
                     raise ModelError(f"individual parameter {k} is not finite at the initial estimates for "
                                      f"subject {dataset.ids[i]}; check initial values and covariates")
             f = self.predict(eta, values, batch)
+        self._warn_time_varying(dataset, getattr(self, "_covariates_read", frozenset()))
         bad = batch.obs.mask & ~torch.isfinite(f)
         if bool(bad.any()):
             pos = int(batch.obs.row[bad][0])
@@ -291,12 +294,35 @@ class NLMEModel(PopulationModel):
                                    fix="use the combined error model, or exclude the record (MDV=1)")
 
 
+    def _warn_time_varying(self, dataset, used) -> None:
+        """Warn where a covariate the model reads changes within a subject (only its first value is used)."""
+        batch = dataset.batch
+        for k, name in enumerate(batch.covariate_names):
+            if name not in used:
+                continue
+            for table in (batch.obs, batch.doses):
+                values = table.covariates[..., k]
+                changed = table.mask & (values != batch.baseline[:, k:k + 1])
+                if bool(changed.any()):
+                    i, j = (int(x) for x in torch.nonzero(changed)[0])
+                    row = dataset.row_of(int(table.row[i, j]))
+                    warnings.warn(DatasetWarning(
+                        f"covariate {name} changes within subjects (ID {dataset.ids[i]}: "
+                        f"{float(batch.baseline[i, k]):g} on its first record, {float(values[i, j]):g} on data "
+                        f"row {row}); the model uses each subject's first value throughout, as time-varying "
+                        f"covariate effects are not supported yet. Make {name} constant within subjects (e.g. "
+                        f"its baseline) to use it knowingly"), stacklevel=3)
+                    break
+
+
 class _CovariateView(dict):
     """Covariates by name; lookups are case-insensitive and name what exists when missing."""
 
     def __init__(self, values: dict, names):
         super().__init__(values)
         self._upper = {k.upper(): k for k in values}
+        #: Names actually looked up (so a model check can tell which covariates the model uses).
+        self.read: set[str] = set()
 
     def _real(self, key):
         if dict.__contains__(self, key):
@@ -307,6 +333,7 @@ class _CovariateView(dict):
         real = self._real(key)
         if real is None:
             raise KeyError(key)
+        self.read.add(real)
         return dict.__getitem__(self, real)
 
     def __contains__(self, key) -> bool:
@@ -314,4 +341,6 @@ class _CovariateView(dict):
 
     def get(self, key, default=None):
         real = self._real(key)
+        if real is not None:
+            self.read.add(real)
         return default if real is None else dict.__getitem__(self, real)

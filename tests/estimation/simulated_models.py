@@ -52,4 +52,6 @@ def model_for(name: str, data):
         base = build_model("1cmt_oral", data, error="combined")
         return NLMEModel(base.structural, theta=list(base.parameters.theta), error=base.error,
                          omega=[OmegaBlock(["KA"], [0.1]), OmegaBlock(["CL", "V"], [[0.1, 0.0], [0.0, 0.1]])])
+    if name == "sim_mm_oral":
+        return build_model("1cmt_oral_mm", data, error="combined", iiv=("KA", "VM", "V"))
     return build_model("2cmt_iv", data, error="combined", iiv=("CL", "V1", "Q", "V2"))

@@ -52,3 +52,32 @@ def test_categorical_covariate_effect_is_recovered():
     assert abs(est - 1.4) < 3 * se and se < 0.1
     assert not math.isnan(se)
 
+
+
+def test_time_varying_covariate_read_by_the_model_is_flagged():
+    """A covariate that changes within a subject is used at its first value: the fit says so."""
+    import warnings
+
+    import pandas as pd
+    from pmxgen.errors import DatasetWarning
+
+    rows = []
+    for i, wt in ((1, 60.0), (2, 80.0)):
+        rows.append({"ID": i, "TIME": 0.0, "AMT": 100.0, "DV": float("nan"), "WT": wt, "AGE": 40.0})
+        for t in (1.0, 4.0, 8.0):
+            rows.append({"ID": i, "TIME": t, "AMT": 0.0, "DV": 1.0 + t / 10, "WT": wt + (t if i == 2 else 0.0),
+                         "AGE": 40.0 + t})
+    data = pmxgen.read_nonmem(pd.DataFrame(rows))
+
+    def by_weight(theta, eta, cov):
+        return {"CL": theta["CL"] * (cov["WT"] / 70) * torch.exp(eta["CL"]), "V": theta["V"]}
+
+    model = NLMEModel(pmxgen.get_model("1cmt_iv"), theta={"CL": 2.0, "V": 20.0}, omega={"CL": 0.1},
+                      individual=by_weight)
+    with pytest.warns(DatasetWarning, match=r"covariate WT changes within subjects \(ID 2: 80 on its first "
+                                            r"record, 81 on data row 5\).*first value throughout"):
+        model.check(data)
+    # AGE changes too, but the model does not read it: no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)
+        NLMEModel(pmxgen.get_model("1cmt_iv"), theta={"CL": 2.0, "V": 20.0}, omega={"CL": 0.1}).check(data)
