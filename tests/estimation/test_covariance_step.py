@@ -199,8 +199,10 @@ def test_theophylline_covariances_match_hand_computation(theoph, theoph_fits):
         assert fit.covariance_method == kind
         # same estimates in all three fits, so the hand matrices apply to each
         assert fit.estimates == pytest.approx(sandwich.estimates, rel=1e-12)
-        np.testing.assert_allclose(fit.covariance, expected[kind], rtol=2e-3,
-                                   atol=2e-3 * np.abs(expected[kind]).max(), err_msg=kind)
+        # The covariance step re-solves the EBEs at a decrement of 1e-14 as the hand computation
+        # does (1e-13); at the fitting tolerance (1e-8) the two differed by up to 1e-3 here.
+        np.testing.assert_allclose(fit.covariance, expected[kind], rtol=1e-5,
+                                   atol=1e-5 * np.abs(expected[kind]).max(), err_msg=kind)
         for i, name in enumerate(fit.estimated_names):
             assert fit.se[name] == pytest.approx(math.sqrt(fit.covariance[i, i]), rel=1e-12)
 
