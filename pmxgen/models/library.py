@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import ModelError
-from ..structural.library import MODELS, get_model
+from ..structural.library import get_model
 from .nlme import NLMEModel
 from .parameters import OmegaBlock, Theta
 from .residual_error import ERROR_MODELS, ResidualError

@@ -11,7 +11,7 @@ from ..data.batching import SubjectBatch
 from ..errors import DatasetError, DatasetWarning, ModelError
 from ..structural.base import DOSE_PARAMETER, StructuralModel
 from .base import PopulationModel
-from .parameters import OmegaBlock, ParameterSet, PopulationValues, Theta, omega_blocks
+from .parameters import ParameterSet, PopulationValues, Theta, omega_blocks
 from .residual_error import ResidualError, censored_neg2ll, normal_neg2ll, residual_error
 
 __all__ = ["NLMEModel", "ObservedData", "IndividualModel"]

@@ -219,7 +219,6 @@ def simulate_arms(model, arms: list[Arm], source: Source, options: Options, meta
     profiles, exposures, subject_rows = [], [], []
     eta_names = list(getattr(source, "eta_names", ()))
     nonfinite = 0
-    metric_names = None
     for r in range(source.replicates):
         values = source.values(r)
         for c0 in range(0, n, chunk):
@@ -256,7 +255,6 @@ def simulate_arms(model, arms: list[Arm], source: Source, options: Options, meta
                     profiles.append((arm.label, r, subjects[:keep_p], arm.time[post[arm.label]], prof))
                 for w, m in metrics.items():
                     arrays = {k: v.cpu().numpy() for k, v in m.items()}
-                    metric_names = list(arrays)
                     for k, v in arrays.items():
                         moments.add((arm.label, r, w, k), v)
                     keep_e = max(0, min(c1, keep_exp) - c0)

@@ -6,14 +6,6 @@ import pmxgen
 from truth_model import TRUTH, values_of
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def known_truth():
     """(true model, its values, a dataset whose DVs were simulated from it)."""

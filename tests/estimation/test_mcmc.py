@@ -59,7 +59,6 @@ def test_kernel_reproduces_the_exact_posterior(linear, kernels):
     mean = chain_means.mean(0)
     se = chain_means.std(0, ddof=1) / math.sqrt(chains)
     exact_mean = np.array([m for m, _ in exact])
-    exact_var = np.array([np.diag(c) for _, c in exact])
     z = (mean - exact_mean) / se
     assert np.all(np.abs(z) < 4.5), z
     # variance and covariance of each subject, judged the same way (per-chain estimates)

@@ -28,7 +28,7 @@ from pmxgen.estimation.variational import VariationalEM
 from pmxgen.models import NLMEModel, build_model
 from pmxgen.simulation.design import design_frame
 from linear_gaussian import LINEAR_NAMES, exact_minus2ll, exact_mle, linear_data, linear_model
-from simulated_models import model_for, true_values, z_scores
+from simulated_models import model_for, true_values
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "focei_simulated.json"
 QUICK = {"importance_samples": 300, "posterior_draws": 50, "elbo_samples": 100, "covariance": None}

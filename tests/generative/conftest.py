@@ -28,12 +28,3 @@ def make_flow():
         flow = build_flow(spec_of(kind, dim), dim, batch_shape, seed=seed, hidden=8, **kwargs)
         return randomise(flow, seed + 1000, scale)
     return factory
-
-
-@pytest.fixture
-def one_thread():
-    """Run a timing-sensitive test on one CPU thread (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

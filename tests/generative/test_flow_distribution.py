@@ -14,9 +14,6 @@ from pmxgen.errors import ModelError
 from pmxgen.generative.flows import AffineFlow, FlowDistribution, build_flow
 from pmxgen.generative.flows.distribution import standard_gamma
 
-# one CPU thread: these small tensor programs run much slower when threads compete for shared cores
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 KINDS = ("affine", "diagonal", "planar", "radial", "coupling", "composed")
 F64 = torch.float64
 

@@ -23,9 +23,6 @@ from pmxgen.generative.flows import (
     build_flow,
 )
 
-# one CPU thread: these small tensor programs run much slower when threads compete for shared cores
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 KINDS = ("affine", "diagonal", "planar", "radial", "coupling", "composed")
 CASES = [(kind, dim) for kind in KINDS for dim in (1, 2, 3, 4) if not (kind == "coupling" and dim < 2)]
 #: batch shape → leading sample shape of the inputs

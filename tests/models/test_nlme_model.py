@@ -14,7 +14,7 @@ from scipy import stats
 
 import pmxgen
 from pmxgen.errors import DatasetError, ModelError
-from pmxgen.models import NLMEModel, OmegaBlock, Theta, build_model
+from pmxgen.models import NLMEModel, OmegaBlock, build_model
 from pmxgen.structural import get_model
 
 T = torch.float64

@@ -1,16 +1,7 @@
 """Shared fixtures of the report tests: one theophylline fit, its results folder and its HTML report."""
 import pytest
-import torch
 
 import pmxgen
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import pmxgen
 from pmxgen.cli import main
@@ -14,7 +13,6 @@ from pmxgen.simulation import individual_draws, simulate_individuals
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    torch.set_num_threads(1)
     data = pmxgen.datasets.load("theophylline")
     model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
     fit = pmxgen.fit(model, data, method="foce", covariance="sandwich", cpu_threads=1)

@@ -9,7 +9,6 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import pmxgen
 from pmxgen.errors import ModelError
@@ -19,7 +18,6 @@ from pmxgen.simulation import engine as engine_module
 
 @pytest.fixture(scope="module")
 def run():
-    torch.set_num_threads(1)
     data = pmxgen.datasets.load("theophylline")
     model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
     fit = pmxgen.fit(model, data, method="foce", covariance="sandwich", cpu_threads=1)

@@ -5,7 +5,6 @@ compartment count (1, 2, 3), with multiple doses, ADDL, infusions spanning other
 lag, bioavailability, steady state SS=1/SS=2 (bolus and infusion), resets, and the
 record-order rule, must agree to 1e-6 relative.
 """
-import math
 
 import numpy as np
 import pandas as pd
