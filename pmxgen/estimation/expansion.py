@@ -30,10 +30,11 @@ from typing import Mapping
 import torch
 
 from ..data.batching import SubjectBatch
-from ..errors import ModelError
+from ..errors import EstimationError, ModelError
 from ..models.nlme import NLMEModel
 from ..models.parameters import PopulationValues
 from ..structural.base import StructuralModel
+from ..structural.closed_form import LinearCompartmentModel
 
 __all__ = ["QuadraticExpansion", "expand_predictions", "expanded_model", "resolve_derivatives", "DERIVATIVES",
            "JACOBIAN_STEP", "HESSIAN_STEP"]
@@ -175,9 +176,7 @@ def resolve_derivatives(choice: str, model) -> str:
     >>> resolve_derivatives("auto", model)
     'autograd'
     """
-    from ..structural.closed_form import LinearCompartmentModel
     if choice not in DERIVATIVES:
-        from ..errors import EstimationError
         raise EstimationError(f"derivatives must be one of {', '.join(DERIVATIVES)} (found {choice!r})")
     if choice != "auto":
         return choice
