@@ -75,13 +75,16 @@ def model_from_recipe(recipe: dict | None, data=None) -> PopulationModel:
         raise ModelError("the fit does not record how its model was built (a model made in Python); "
                          "pass the model yourself, e.g. Run(fit, model, data, fitted_values(model, fit))")
     if "library" in recipe:
-        return build_model(recipe["library"], data, error=recipe["error"], iiv=tuple(recipe["iiv"]),
-                           iov=tuple(recipe.get("iov", ())), omega_init=recipe.get("omega_init", 0.1),
-                           full_omega=recipe.get("full_omega", False), init=recipe.get("init") or None,
-                           sigma_init=recipe.get("sigma_init") or None)
-    if "file" in recipe:
-        return load_model_file(recipe["file"], data)
-    raise ModelError(f"unknown model recipe {recipe!r}: expected a 'library' or a 'file' entry")
+        model = build_model(recipe["library"], data, error=recipe["error"], iiv=tuple(recipe["iiv"]),
+                            iov=tuple(recipe.get("iov", ())), omega_init=recipe.get("omega_init", 0.1),
+                            full_omega=recipe.get("full_omega", False), init=recipe.get("init") or None,
+                            sigma_init=recipe.get("sigma_init") or None)
+    elif "file" in recipe:
+        model = load_model_file(recipe["file"], data)
+    else:
+        raise ModelError(f"unknown model recipe {recipe!r}: expected a 'library' or a 'file' entry")
+    # Initial estimates set by NLMEModel.with_initial after the model was built.
+    return model.with_initial(recipe["initial"]) if recipe.get("initial") else model
 
 
 def data_from_recipe(recipe: dict | None, dtype: torch.dtype = torch.float64, device=None):

@@ -1,6 +1,7 @@
 """Nonlinear mixed-effects models: a structural model, individual parameters and a residual error."""
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -123,6 +124,35 @@ class NLMEModel(PopulationModel):
             if bad:
                 raise ModelError(f"η {bad} do not match a parameter of {structural.name} (IIV: the parameter "
                                  f"name, IOV: IOV_<parameter>); pass individual=... for other effects")
+
+    def with_initial(self, values: Mapping[str, float]) -> "NLMEModel":
+        """A copy of this model whose initial estimates are replaced by ``values``.
+
+        ``values`` maps parameter names (as in ``parameters.all_names``: ``CL``, ``OMEGA(CL)``,
+        ``SIGMA(ADD)``, natural scale, Ω and σ as variances) to new initial values; names not
+        given keep theirs. Use it to restart from a previous fit (``model.with_initial(fit.estimates)``)
+        or to check that other starts reach the same optimum. Bounds and fixed flags are kept
+        (a fixed parameter given here is fixed at the new value); an unknown name or a value
+        outside a bound raises :class:`~pmxgen.errors.ModelError`.
+        A recorded ``recipe`` (built-in or file models) keeps the new values under ``"initial"``.
+
+        Examples
+        --------
+        >>> import pmxgen
+        >>> model = pmxgen.models.build_model("1cmt_oral", error="additive", iiv=("KA", "CL"))
+        >>> tripled = model.with_initial({t.name: 3 * t.init for t in model.parameters.theta})
+        >>> tripled.parameters.theta[1].init == 3 * model.parameters.theta[1].init
+        True
+        """
+        if not isinstance(values, Mapping):
+            raise ModelError(f"with_initial needs a mapping name -> value (found {type(values).__name__})")
+        initial = {str(k): float(v) for k, v in values.items()}
+        clone = copy.copy(self)
+        clone.parameters = self.parameters.with_initial(initial)
+        if self.recipe is not None:
+            # The recipe rebuilds the model with the same starting point (see pmxgen.runs).
+            clone.recipe = {**self.recipe, "initial": {**self.recipe.get("initial", {}), **initial}}
+        return clone
 
     # --------------------------------------------------------------- η layout
     def n_occasions(self, batch: SubjectBatch) -> int:

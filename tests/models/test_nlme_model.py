@@ -290,6 +290,44 @@ def test_structural_must_be_a_structural_model():
         NLMEModel("1cmt_oral", theta={"KA": 1.0, "CL": 3.0, "V": 30.0})
 
 
+
+def test_with_initial_replaces_only_the_named_starting_values(theoph):
+    model = NLMEModel(get_model("1cmt_oral"), theta={"KA": (0, 1.5), "CL": (0, 2.8, 10.0), "V": 32.0},
+                      omega=[OmegaBlock(["KA", "CL"], [[0.4, 0.01], [0.01, 0.07]])],
+                      error={"kind": "combined", "init": {"ADD": 0.1, "PROP": 0.02}})
+    new = model.with_initial({"CL": 5.0, "OMEGA(CL,KA)": 0.02, "OMEGA(KA)": 0.3, "SIGMA(PROP)": 0.04})
+    start = dict(zip(new.parameters.names, new.parameters.initial_natural().tolist()))
+    assert start == pytest.approx({"KA": 1.5, "CL": 5.0, "V": 32.0, "OMEGA(KA)": 0.3, "OMEGA(CL,KA)": 0.02,
+                                   "OMEGA(CL)": 0.07, "SIGMA(ADD)": 0.1, "SIGMA(PROP)": 0.04})
+    cl = new.parameters.theta[1]
+    assert (cl.lower, cl.upper) == (0.0, 10.0)
+    # the original is untouched, and both evaluate the same data
+    assert model.parameters.theta[1].init == 2.8 and model.parameters.omega[0].init[0, 0] == 0.4
+    values = new.parameters.unpack(new.parameters.initial_natural())
+    eta = torch.zeros(theoph.n_subjects, 2, dtype=T)
+    assert torch.isfinite(new.log_likelihood(eta, values, theoph.batch)).all()
+
+
+def test_with_initial_refuses_unknown_names_and_values_outside_bounds():
+    model = NLMEModel(get_model("1cmt_oral"), theta={"KA": (0, 1.5), "CL": (0, 2.8, 10.0), "V": 32.0},
+                      omega={"CL": 0.1}, error="additive")
+    with pytest.raises(ModelError, match="unknown parameters"):
+        model.with_initial({"CLEARANCE": 3.0})
+    with pytest.raises(ModelError, match="strictly inside its bounds"):
+        model.with_initial({"CL": 30.0})
+    with pytest.raises(ModelError, match="mapping"):
+        model.with_initial([("CL", 3.0)])
+
+
+def test_with_initial_is_kept_in_the_recipe(theoph):
+    model = build_model("1cmt_oral", theoph, error="additive", iiv=("KA", "CL"))
+    new = model.with_initial({"CL": 9.0}).with_initial({"OMEGA(KA)": 0.2})
+    assert new.recipe["initial"] == {"CL": 9.0, "OMEGA(KA)": 0.2}
+    assert "initial" not in model.recipe
+    rebuilt = pmxgen.runs.model_from_recipe(new.recipe, theoph)
+    assert rebuilt.parameters.initial_natural().tolist() == new.parameters.initial_natural().tolist()
+
+
 # ------------------------------------------------------------------------------------------------- IOV
 IOV_DOSES = {1: (100.0, 150.0), 2: (200.0, 80.0)}
 IOV_TIMES = {1: ([0.5, 1, 2, 4, 8], 48.0, [48.5, 49, 50, 52, 56]),    # occasion 2 starts at t = 48
