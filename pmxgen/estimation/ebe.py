@@ -40,8 +40,15 @@ class EBEResult:
 
 def solve_ebes(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, eta0: torch.Tensor, *,
                variance_at: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-10,
-               max_halvings: int = 30, derivatives: str = "auto") -> EBEResult:
+               max_halvings: int = 30, derivatives: str = "auto",
+               alternatives: tuple[torch.Tensor, ...] = (), switch_margin: float = 0.0) -> EBEResult:
     """Mode of ``−2 log p(y_i|η) p(η)`` for each subject, from ``eta0`` (all values detached).
+
+    ``alternatives`` are other starting points ``[N, K]``: a subject starts from one of them
+    where its objective is lower than at ``eta0`` by more than ``switch_margin`` (the lowest
+    wins; one model evaluation per alternative), so that a poor warm start (e.g. from a far
+    trial point of an outer line search, which can sit in another local mode) does not decide
+    which mode is found.
 
     ``tol`` bounds the Newton decrement ``gᵀH⁻¹g`` (objective units) at convergence.
     ``derivatives``: ``"expansion"`` takes the gradient and Hessian of each Newton step from a
@@ -51,10 +58,12 @@ def solve_ebes(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, 
     :func:`.expansion.resolve_derivatives`).
     """
     with torch.enable_grad():
-        return _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings, derivatives)
+        return _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings, derivatives,
+                      alternatives, switch_margin)
 
 
-def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings, derivatives) -> EBEResult:
+def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings, derivatives,
+           alternatives=(), switch_margin=0.0) -> EBEResult:
     values = _detached_values(values)
     variance_at = None if variance_at is None else variance_at.detach()
     omega = model.omega_matrix(values, batch)
@@ -64,6 +73,14 @@ def _solve(model, values, batch, eta0, variance_at, max_iter, tol, max_halvings,
     everyone = _Problem(model, values, batch, omega, data, variance_at,
                         resolve_derivatives(derivatives, model) == "expansion")
     obj = everyone.objective(eta)
+    if alternatives:
+        first = obj
+        for other in alternatives:
+            other = other.detach()
+            other_obj = everyone.objective(other)
+            better = (other_obj < first - switch_margin) & (other_obj < obj)
+            eta = torch.where(better[:, None], other, eta)
+            obj = torch.where(better, other_obj, obj)
     restart = ~torch.isfinite(obj)
     if bool(restart.any()):
         eta[restart] = 0.0

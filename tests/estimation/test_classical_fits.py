@@ -77,6 +77,14 @@ def test_foce_ebes_match_nlmer(r_foce):
         assert ours[s][1] == pytest.approx(ref_row["lCl"], abs=0.01)
 
 
+def test_restart_from_the_estimates_stays_at_the_optimum(theoph, r_foce):
+    model = _r_parameterisation().with_initial(r_foce.estimates)
+    again = pmxgen.fit(model, theoph, method="foce", covariance=None)
+    assert again.status == "converged"
+    assert again.ofv == pytest.approx(r_foce.ofv, abs=1e-6)
+    assert len(again.history) <= 3
+
+
 @pytest.fixture(scope="module")
 def theoph_methods(theoph):
     fits = {}
@@ -102,7 +110,7 @@ def test_laplace_and_focei_differ_but_agree_closely(theoph_methods):
 
 
 def test_laplace_converges_at_scale_and_agrees_with_saem_where_focei_is_biased():
-    """1000 subjects: Laplace's default EBE tolerance (1e-12) lets BFGS converge (at 1e-8 it ended
+    """1000 subjects: the default EBE tolerance (1e-12) lets BFGS converge (at 1e-8 Laplace ended
     in precision loss, max |g| 0.011). Its CL (3.052) is SAEM's (3.051, exact likelihood), where
     FOCE-I's linearisation gives 3.09 (z = +3 against the truth 3.0): FOCE-I's bias stays as N
     grows, its SE shrinks."""
@@ -112,7 +120,7 @@ def test_laplace_converges_at_scale_and_agrees_with_saem_where_focei_is_biased()
     assert lap.options["inner_tol"] == 1e-12
     assert lap.estimates["CL"] == pytest.approx(3.052, abs=0.002)
     foi = pmxgen.fit(model_for("sim_1cmt_oral_1000", data), data, method="focei", covariance=None)
-    assert foi.options["inner_tol"] == 1e-8
+    assert foi.options["inner_tol"] == 1e-12
     assert foi.estimates["CL"] - lap.estimates["CL"] > 0.03
 
 
@@ -123,20 +131,22 @@ def test_proportional_error_separates_foce_from_focei():
     assert abs(fits["foce"].ofv - fits["focei"].ofv) > 0.5
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("theophylline", dict(model="1cmt_oral", error="additive", iiv=("KA", "CL"))),
-    ("sim_1cmt_oral_wt", dict(model="1cmt_oral", error="combined", iiv=("KA", "CL", "V"))),
-    ("sim_2cmt_iv_infusion", dict(model="2cmt_iv", error="combined", iiv=("CL", "V1", "Q", "V2"))),
-])
-def test_same_optimum_from_initial_estimates_times_and_over_three(name, kwargs):
+@pytest.mark.parametrize("name", ["theophylline", "sim_1cmt_oral_wt", "sim_2cmt_iv_infusion", "sim_1cmt_oral_1000"])
+def test_same_optimum_from_initial_estimates_times_and_over_three(name):
+    """Every θ started at 3× and at 1/3 of its initial value reaches the same OFV (±0.1).
+
+    The simulated sets are fitted whole with the model that generated them; the ODE set
+    (sim_mm_oral, about 2 min per start) is checked by ``benchmarks/initial_estimates.py``, whose
+    measured OFVs are in ``benchmarks/README.md``.
+    """
     data = pmxgen.datasets.load(name)
-    if name == "sim_2cmt_iv_infusion":
-        data = data.subset(data.ids[:60])
-    base = build_model(kwargs["model"], data, error=kwargs["error"], iiv=kwargs["iiv"])
+    if name == "theophylline":
+        base = build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
+    else:
+        base = model_for(name, data)
     ofvs = []
     for factor in (3.0, 1 / 3.0):
-        init = {t.name: t.init * factor for t in base.parameters.theta}
-        model = build_model(kwargs["model"], data, error=kwargs["error"], iiv=kwargs["iiv"], init=init)
+        model = base.with_initial({t.name: t.init * factor for t in base.parameters.theta})
         fit = pmxgen.fit(model, data, method="focei", covariance=None)
         assert fit.status == "converged", fit.messages
         ofvs.append(fit.ofv)

@@ -8,6 +8,8 @@
   FO, FOCE (variance at η = 0), FOCE-I (expected information with the ½ΣWᵀW/V² term) and
   Laplace (exact Hessian).
 * EBEs are modes: the gradient of −2 log p(y|η)p(η) vanishes there and scipy finds the same point.
+* With several warm starts each subject starts from the one with the lowest objective (flip-flop
+  modes of the one-compartment oral model).
 * FOCE and FOCE-I coincide for additive error and differ otherwise.
 """
 from __future__ import annotations
@@ -335,3 +337,30 @@ def test_foce_equals_focei_only_for_additive_error(sim_data, error, equal):
         assert float((eta_foce - eta_focei).abs().max()) > 1e-4
         assert abs(float(ofv_foce.sum() - ofv_focei.sum())) > 1e-2
 
+
+
+def test_each_subject_starts_from_its_best_warm_start():
+    """The one-compartment oral model is bimodal in η (flip-flop: KA ↔ CL/V with V scaled): from
+    a flip-flop start every subject converges to the worse mode; given the right mode as an
+    alternative start, each subject takes the start with the lower objective and stays there."""
+    data = pmxgen.datasets.load("theophylline")
+    model = pmxgen.models.build_model("1cmt_oral", data, error="combined", iiv=("KA", "CL", "V"))
+    pop = {"KA": 1.5, "CL": 2.8, "V": 31.0, "OMEGA(KA)": 1.0, "OMEGA(CL)": 1.0, "OMEGA(V)": 1.0,
+           "SIGMA(ADD)": 0.05, "SIGMA(PROP)": 0.01}
+    ps = model.parameters
+    values = ps.unpack(torch.tensor([pop[n] for n in ps.names], dtype=torch.float64))
+    n = data.n_subjects
+    good = solve_ebes(model, values, data.batch, torch.zeros(n, 3, dtype=torch.float64), tol=1e-12)
+    ka, cl, v = (pop[p] * torch.exp(good.eta[:, i]) for i, p in enumerate(("KA", "CL", "V")))
+    flip = torch.stack([torch.log(cl / v / pop["KA"]), good.eta[:, 1], torch.log(cl / ka / pop["V"])], -1)
+    flipped = solve_ebes(model, values, data.batch, flip, tol=1e-12)
+    assert bool(flipped.converged.all()) and bool((flipped.objective > good.objective + 5).all())
+    # half the subjects get the good start first, half as the alternative
+    first = torch.where((torch.arange(n) % 2 == 0)[:, None], flip, good.eta)
+    second = torch.where((torch.arange(n) % 2 == 0)[:, None], good.eta, flip)
+    both = solve_ebes(model, values, data.batch, first, tol=1e-12, alternatives=(second,))
+    torch.testing.assert_close(both.objective, good.objective, rtol=0, atol=1e-8)
+    torch.testing.assert_close(both.eta, good.eta, rtol=0, atol=1e-5)
+    # an alternative must beat the first start by more than switch_margin
+    kept = solve_ebes(model, values, data.batch, flip, tol=1e-12, alternatives=(good.eta,), switch_margin=1e6)
+    torch.testing.assert_close(kept.objective, flipped.objective, rtol=0, atol=1e-8)
