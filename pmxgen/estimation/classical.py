@@ -37,10 +37,10 @@ DEFAULT_INNER_TOL = 1e-12
 #: Inner (EBE) tolerance on the Newton decrement for the covariance step's re-solved EBEs.
 COVARIANCE_INNER_TOL = 1e-14
 #: A subject's EBE search restarts from the best point's EBEs instead of the last evaluation's
-#: only where that lowers its starting objective by more than this (−2LL units): enough to leave
-#: a wrong local mode, while along a line search the nearby last evaluation keeps the objective
-#: a smooth function of the parameters (switching on rounding-level differences made the ODE
-#: fit of sim_mm_oral stall in line searches).
+#: only where that lowers its starting objective by more than this (−2LL units): a wrong local
+#: mode costs several units (9-24 for the flip-flop modes in the tests), while along a line
+#: search the nearby last evaluation stays the start and rounding-level differences do not
+#: switch it.
 WARM_START_MARGIN = 1.0
 
 
