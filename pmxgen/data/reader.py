@@ -259,7 +259,8 @@ def validate_records(cells: pd.DataFrame, rows: np.ndarray, source: str, columns
     const_ss_infusion = is_dose & (ss > 0) & (amt == 0) & (rate > 0)
     _fail(const_ss_infusion, "steady-state constant infusion (AMT 0, RATE > 0, SS > 0) is not supported", source,
           rows, col.get("SS", "SS"), ss, "give the infusion as AMT and RATE with an II, or as a long infusion record")
-    _fail(is_dose & (amt == 0), "a dose record has AMT 0", source, rows, col.get("AMT", "AMT"), amt,
+    _fail(is_dose & (amt == 0), "a dose record has AMT 0 (a '.' or empty AMT reads as 0)", source, rows,
+          col.get("AMT", "AMT"), cells[col["AMT"]].to_numpy() if "AMT" in col else amt,
           "give the dose amount, or make the record EVID 2 (other)")
     _fail((addl > 0) & (ii <= 0), "ADDL without II: additional doses need a dosing interval", source, rows,
           col.get("II", "II"), ii, "set II > 0 on that record, or ADDL to 0")

@@ -26,12 +26,16 @@ Observations are in data-row order (as ``FitResult.observations``); subjects as 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import ModelError
 from .simulate import MAX_ELEMENTS, generator_for, observation_index
+
+if TYPE_CHECKING:  # the return annotation only; arviz is imported where it is used
+    import arviz
 
 __all__ = ["to_inference_data", "write_inference_data", "eta_draws"]
 

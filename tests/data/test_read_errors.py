@@ -141,6 +141,13 @@ def test_amt_on_observation_record(tmp_path):
     assert "not a dose" in msg
 
 
+
+@pytest.mark.parametrize("cell", [".", "", "0"])
+def test_dose_record_without_amount(tmp_path, cell):
+    path = write(tmp_path, f"ID,TIME,DV,AMT,EVID\n1,0,.,100,1\n1,1,5,0,0\n1,2,.,{cell},1\n")
+    msg = check(read_error(path), path.name, 4, "AMT", cell)
+    assert f"(found '{cell}')" in msg and "reads as 0" in msg and "dose amount" in msg
+
 def test_addl_without_ii(tmp_path):
     path = write(tmp_path, "ID,TIME,DV,AMT,ADDL,II\n1,0,.,100,3,0\n1,1,5,0,0,0\n")
     msg = check(read_error(path), path.name, 2, "II", 0)

@@ -171,6 +171,8 @@ def test_vanishing_omega_ends_with_clear_status():
     checklist = dict((item, ok) for item, ok, _ in fit.checklist())
     assert checklist["estimates near bounds"] is False
     assert "[!!] estimates near bounds" in fit.summary()
+    # The covariance step's central difference would cross 0 there: a forward one, and a note.
+    assert "OMEGA(V) = " in fit.covariance_message and "forward difference" in fit.covariance_message
 
 
 def test_fit_rejects_bad_settings(theoph):

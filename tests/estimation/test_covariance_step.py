@@ -110,6 +110,44 @@ def test_non_finite_and_exceptions_are_reported():
         covariance_step(PHI, NAMES, known.total_gradient, known.subject_gradients, kind="T")
 
 
+
+def test_a_variance_at_its_boundary_gets_a_forward_difference_and_a_note():
+    known = Known()
+    phi = np.array([1.3, -0.7, 1e-9])       # OMEGA(CL) so near 0 that φ − step would be negative
+    tried = []
+
+    def gradient(p):
+        tried.append(p[2])
+        return known.total_gradient(p)
+
+    for kind in ("sandwich", "R"):
+        res = covariance_step(phi, NAMES, gradient, known.subject_gradients, kind=kind)
+        assert res.status == "ok"
+        assert res.message.startswith("R's column for OMEGA(CL) = 1e-09 by a forward difference")
+        assert "removing or fixing it" in res.message
+        # Forward difference in OMEGA(CL) (exact for this quadratic part), central elsewhere.
+        np.testing.assert_allclose(res.r_matrix, known.hessian(phi), rtol=1e-6)
+    assert min(tried) >= 1e-9                 # never evaluated at a negative variance
+    res = covariance_step(phi, NAMES, gradient, known.subject_gradients, kind="S")
+    assert res.status == "ok" and res.message == ""
+    # When the step fails anyway, the note comes with the reason.
+    res = covariance_step(phi, NAMES, gradient, lambda p: known.subject_gradients(p)[:1], kind="sandwich")
+    assert res.status == "failed" and "S matrix" in res.message and "forward difference" in res.message
+
+
+def test_a_difference_point_that_cannot_be_evaluated_is_named():
+    known = Known()
+
+    def gradient(p):
+        if p[0] > 1.3:
+            raise ValueError("overflow")
+        return known.total_gradient(p)
+
+    res = covariance_step(PHI, NAMES, gradient, known.subject_gradients, kind="R")
+    assert res.status == "failed" and res.matrix is None
+    assert "gradient at TH1 = 1.3" in res.message and "(estimate 1.3)" in res.message
+    assert "ValueError: overflow" in res.message
+
 # ------------------------------------------------------------------------ an unidentifiable model
 def _product_individual(theta, eta, covariates):
     return {"KA": theta["KA"] * torch.exp(eta["KA"]), "CL": theta["TH1"] * theta["TH2"] * torch.exp(eta["CL"]),
