@@ -83,8 +83,13 @@ def model_from_recipe(recipe: dict | None, data=None) -> PopulationModel:
         model = load_model_file(recipe["file"], data)
     else:
         raise ModelError(f"unknown model recipe {recipe!r}: expected a 'library' or a 'file' entry")
-    # Initial estimates set by NLMEModel.with_initial after the model was built.
-    return model.with_initial(recipe["initial"]) if recipe.get("initial") else model
+    # Initial estimates and fixed parameters set by NLMEModel.with_initial / with_fixed after the
+    # model was built (with_fixed records its values under "initial" too).
+    if recipe.get("initial"):
+        model = model.with_initial(recipe["initial"])
+    if recipe.get("fixed"):
+        model = model.with_fixed({name: recipe["initial"][name] for name in recipe["fixed"]})
+    return model
 
 
 def data_from_recipe(recipe: dict | None, dtype: torch.dtype = torch.float64, device=None):

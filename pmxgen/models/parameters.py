@@ -301,6 +301,44 @@ class ParameterSet:
         sigma = [Sigma(s.name, natural.get(f"SIGMA({s.name})", s.init), s.fixed) for s in self.sigma]
         return ParameterSet(theta, blocks, sigma)
 
+    def with_fixed(self, names) -> "ParameterSet":
+        """A copy with the parameters ``names`` fixed at their initial values.
+
+        θ and σ are fixed one by one. Ω is fixed by blocks, as in NONMEM: an element of a
+        diagonal block is split off into its own block (the same Ω), while a full block is fixed
+        only when all of its elements are named.
+
+        Examples
+        --------
+        >>> ps = ParameterSet([Theta("CL", 3.0, lower=0)], [OmegaBlock(["KA", "CL"], [0.4, 0.1])], [Sigma("ADD", 0.5)])
+        >>> ps.with_fixed(["CL", "OMEGA(KA)"]).names
+        ('OMEGA(CL)', 'SIGMA(ADD)')
+        """
+        names = [str(n) for n in names]
+        unknown = [k for k in names if k not in self.all_names]
+        if unknown:
+            raise ModelError(f"unknown parameters {unknown}; parameters are {list(self.all_names)}")
+        chosen = set(names)
+        theta = [Theta(t.name, t.init, t.lower, t.upper, t.fixed or t.name in chosen) for t in self.theta]
+        blocks = []
+        for b in self.omega:
+            labels = [f"OMEGA({b.names[r]})" if r == c else f"OMEGA({b.names[r]},{b.names[c]})"
+                      for r, c in b.element_index()]
+            named = [lab for lab in labels if lab in chosen]
+            if not named or b.fixed:
+                blocks.append(b)
+            elif b.diagonal:
+                blocks.extend(OmegaBlock([eta], [b.init[i, i]], True, labels[i] in chosen)
+                              for i, eta in enumerate(b.names))
+            elif len(named) == len(labels):
+                blocks.append(OmegaBlock(b.names, b.init, b.diagonal, True))
+            else:
+                raise ModelError(f"{named[0]} belongs to the Ω block ({', '.join(b.names)}), and Ω is fixed by "
+                                 f"whole blocks (as NONMEM's $OMEGA BLOCK FIX): name all of {', '.join(labels)}, "
+                                 f"or give that η its own block")
+        sigma = [Sigma(s.name, s.init, s.fixed or f"SIGMA({s.name})" in chosen) for s in self.sigma]
+        return ParameterSet(theta, blocks, sigma)
+
     def full_natural(self, phi: torch.Tensor) -> dict[str, float]:
         """All parameters (estimated from ``phi``, fixed at their values) by name."""
         phi = phi.detach().cpu().double().numpy()

@@ -488,3 +488,50 @@ def test_sample_eta_covariance():
     eta = model.sample_eta(values, big, generator=torch.Generator().manual_seed(4)).numpy()
     om = model.omega_matrix(values, ds.batch).numpy()
     np.testing.assert_allclose(np.cov(eta.T), om, atol=0.006)
+
+
+def test_with_fixed_fixes_theta_sigma_and_omega_by_blocks():
+    model = NLMEModel(get_model("1cmt_oral"), theta={"KA": (0, 1.5), "CL": (0, 2.8), "V": 32.0},
+                      omega=[OmegaBlock(["KA", "V"], [0.4, 0.05]), OmegaBlock(["CL"], [0.07])],
+                      error={"kind": "combined", "init": {"ADD": 0.1, "PROP": 0.02}})
+    fixed = model.with_fixed({"CL": 3.0, "OMEGA(V)": 0.04, "SIGMA(ADD)": 0.2})
+    ps = fixed.parameters
+    assert ps.names == ("KA", "V", "OMEGA(KA)", "OMEGA(CL)", "SIGMA(PROP)")
+    assert ps.all_names == model.parameters.all_names and ps.eta_names == ("KA", "V", "CL")
+    # the diagonal block was split; Ω itself is unchanged apart from the fixed value
+    values = ps.unpack(ps.initial_natural())
+    assert np.allclose(values.omega.numpy(), np.diag([0.4, 0.04, 0.07]))
+    assert float(values.theta["CL"]) == 3.0 and float(values.sigma["ADD"]) == 0.2
+    assert model.parameters.n_estimated == 8          # the original is untouched
+    full = NLMEModel(get_model("1cmt_oral"), theta={"KA": (0, 1.5), "CL": (0, 2.8), "V": 32.0},
+                     omega=[OmegaBlock(["KA", "CL"], [[0.4, 0.01], [0.01, 0.07]])], error="additive")
+    with pytest.raises(ModelError, match="fixed by whole blocks.*OMEGA\\(KA\\), OMEGA\\(CL,KA\\), OMEGA\\(CL\\)"):
+        full.with_fixed({"OMEGA(CL)": 0.05})
+    whole = full.with_fixed({"OMEGA(KA)": 0.3, "OMEGA(CL,KA)": 0.0, "OMEGA(CL)": 0.05})
+    assert whole.parameters.names == ("KA", "CL", "V", "SIGMA(ADD)")
+    assert np.allclose(whole.parameters.omega[0].init, [[0.3, 0.0], [0.0, 0.05]])
+    with pytest.raises(ModelError, match="unknown parameters"):
+        model.with_fixed({"CLEARANCE": 3.0})
+    with pytest.raises(ModelError, match="mapping"):
+        model.with_fixed(["CL"])
+
+
+def test_fixing_a_parameter_at_its_estimate_keeps_the_optimum_and_profiles(theoph):
+    model = build_model("1cmt_oral", theoph, error="additive", iiv=("KA", "CL"))
+    free = pmxgen.fit(model, theoph, method="focei", covariance=None)
+    at_estimate = pmxgen.fit(model.with_fixed({"V": free.estimates["V"]}).with_initial(free.estimates), theoph,
+                             method="focei", covariance=None)
+    assert at_estimate.status == "converged" and "V" not in at_estimate.estimated_names
+    assert at_estimate.fixed["V"] and at_estimate.estimates["V"] == free.estimates["V"]
+    assert abs(at_estimate.ofv - free.ofv) < 1e-6
+    # Away from the estimate the profile rises: by about z² = ((V - V̂) / SE)² near the optimum.
+    away = pmxgen.fit(model.with_fixed({"V": 0.8 * free.estimates["V"]}), theoph, method="focei", covariance=None)
+    assert away.status == "converged" and away.ofv > free.ofv + 3.84
+
+
+def test_with_fixed_is_kept_in_the_recipe(theoph):
+    model = build_model("1cmt_oral", theoph, error="additive", iiv=("KA", "CL")).with_fixed({"KA": 1.2})
+    assert model.recipe["fixed"] == ["KA"] and model.recipe["initial"]["KA"] == 1.2
+    rebuilt = pmxgen.runs.model_from_recipe(model.recipe, theoph)
+    assert rebuilt.parameters.names == model.parameters.names
+    assert rebuilt.parameters.theta[0].fixed and rebuilt.parameters.theta[0].init == 1.2
