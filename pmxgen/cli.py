@@ -28,16 +28,16 @@ _DEMO_SETTINGS = {
 }
 
 
-def _parse_params(items: Sequence[str]) -> dict[str, float]:
+def _parse_params(items: Sequence[str], option: str = "--param") -> dict[str, float]:
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"pmxgen: --param expects NAME=VALUE, got {item!r}")
+            raise SystemExit(f"pmxgen: {option} expects NAME=VALUE, got {item!r}")
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            raise SystemExit(f"pmxgen: --param {name}: {value!r} is not a number") from None
+            raise SystemExit(f"pmxgen: {option} {name}: {value!r} is not a number") from None
     return out
 
 
@@ -172,6 +172,10 @@ def _cmd_fit(args) -> int:
     else:
         raise SystemExit(f"pmxgen: --model {args.model!r} is neither a .py model file nor a built-in model "
                          f"({', '.join(LIBRARY)})")
+    if args.init:
+        model = model.with_initial(_parse_params(args.init, "--init"))
+    if args.fix:
+        model = model.with_fixed(_parse_params(args.fix, "--fix"))
     print(f"Fitting {model.name} to {ds.source} ({ds.n_subjects} subjects, {ds.n_observations} observations) "
           f"by {args.method.upper()}", file=sys.stderr, flush=True)
     fit = pmxgen.fit(model, ds, method=args.method, **_fit_options(args))
@@ -200,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iov", help="comma-separated parameters with inter-occasion variability (needs --occasion)")
     p.add_argument("--occasion", help="occasion column of the data file")
     p.add_argument("--full-omega", action="store_true", help="one full Omega block over the IIV effects")
+    p.add_argument("--init", action="append", default=[], metavar="NAME=VALUE",
+                   help="initial estimate, e.g. CL=3 or OMEGA(CL)=0.1 (repeatable)")
+    p.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix a parameter at a value, e.g. KA=1.5 or SIGMA(ADD)=0.01 (repeatable; Omega by whole "
+                        "blocks, as NONMEM)")
     p.add_argument("--covariance", choices=["sandwich", "R", "S", "louis", "linearization", "none"],
                    help="standard errors: sandwich (default), R or S for the classical methods; louis (default) or "
                         "linearization for SAEM/MCEM; linearization (default) for VEM; none skips them")

@@ -56,6 +56,27 @@ def test_fit_with_a_model_file(tmp_path, capsys):
     assert FitResult.from_json(tmp_path / "out" / "fit.json").options["derivatives"] == "expansion"
 
 
+
+def test_fit_with_initial_and_fixed_values(tmp_path, capsys):
+    import pmxgen
+    out = tmp_path / "out"
+    code = main(["fit", "theophylline", "--model", "1cmt_oral", "--error", "additive", "--iiv", "KA,CL",
+                 "--init", "CL=3", "--fix", "KA=1.5", "--fix", "SIGMA(ADD)=0.6", "--covariance", "none",
+                 "--quiet", "--output", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["parameters"]["KA"] == {"estimate": 1.5, "se": "NaN", "rse": "NaN", "fixed": True}
+    assert results["parameters"]["SIGMA(ADD)"]["estimate"] == 0.6 and results["parameters"]["SIGMA(ADD)"]["fixed"]
+    assert not results["parameters"]["CL"]["fixed"]
+    fit = FitResult.from_json(out / "fit.json")
+    assert fit.history[0]["CL"] == pytest.approx(3.0, rel=1e-12)   # started from --init
+    run = pmxgen.load_run(out)                               # the run rebuilds the same model
+    assert run.model.parameters.names == ("CL", "V", "OMEGA(KA)", "OMEGA(CL)")
+    assert main(["fit", "theophylline", "--model", "1cmt_oral", "--iiv", "KA,CL", "--fix", "OMEGA(V)=0.1"]) == 2
+    assert "unknown parameters ['OMEGA(V)']" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--fix KA: 'abc' is not a number"):
+        main(["fit", "theophylline", "--model", "1cmt_oral", "--fix", "KA=abc"])
+
 def test_fit_errors_are_clean(tmp_path, capsys):
     assert main(["fit", "theophylline", "--model", "1cmt_oral", "--error", "proportional"]) == 2
     err = capsys.readouterr().err
