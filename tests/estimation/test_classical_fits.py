@@ -274,3 +274,36 @@ def test_model_without_random_effects_is_nonlinear_least_squares(theoph, method)
         assert fit.estimates[name] == pytest.approx(value, rel=1e-4)
     assert fit.estimates["SIGMA(ADD)"] == pytest.approx(rss / n, rel=1e-4)
     assert fit.minus2ll == pytest.approx(n * math.log(2 * math.pi * rss / n) + n, abs=1e-4)
+
+
+def test_minimization_status_rules():
+    """BFGS outcomes → status: precision loss counts as converged only near the optimum."""
+    from scipy.optimize import OptimizeResult
+
+    from pmxgen.estimation.classical import CONVERGED_DECREMENT, minimization_status
+
+    loss = "Desired error not necessarily achieved due to precision loss."
+
+    def result(success=False, message=loss, nit=40, hess_inv=np.eye(2)):
+        return OptimizeResult(success=success, message=message, nit=nit, hess_inv=hess_inv)
+
+    # The ODE case: stalled by solver noise at max |g| 1.1e-3 (just above the 1e-3 accepted).
+    status, msgs = minimization_status(result(), 5.0, np.array([1.1e-3, -2e-4]), 1e-4, 500, 70)
+    assert status == "converged" and "predicted further OFV decrease 6.3e-07" in msgs[1]
+    # Stalled with a small gradient but a flat quasi-Newton model: the OFV may still fall.
+    flat = result(hess_inv=np.diag([1e4, 1.0]))
+    status, msgs = minimization_status(flat, 5.0, np.array([0.02, 0.0]), 1e-4, 500, 70)
+    assert 0.5 * 1e4 * 0.02 ** 2 > CONVERGED_DECREMENT
+    assert status == "failed" and "predicted further OFV decrease 2" in msgs[0] and "precision loss" in msgs[0]
+    # Stalled far from the optimum, or with a large gradient whatever the model predicts.
+    assert minimization_status(result(), 5.0, np.array([374.0, 1.0]), 1e-4, 500, 70)[0] == "failed"
+    assert minimization_status(result(hess_inv=np.eye(2) * 1e-9), 5.0, np.array([0.5, 0.0]), 1e-4, 500, 70
+                               )[0] == "failed"
+    # Other outcomes.
+    assert minimization_status(result(success=True, message="ok"), 5.0, np.array([5e-5, 0.0]), 1e-4, 500, 9
+                               ) == ("converged", ["gradient max |g| = 5e-05 after 40 iterations (9 objective "
+                                                   "evaluations)"])
+    status, msgs = minimization_status(result(message="Maximum number of iterations", nit=500), 5.0,
+                                       np.array([0.3, 0.0]), 1e-4, 500, 600)
+    assert status == "max_iterations" and "raise max_iter" in msgs[0]
+    assert minimization_status(result(), 1e12, np.array([0.0, 0.0]), 1e-4, 500, 3)[0] == "failed"
