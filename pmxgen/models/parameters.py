@@ -143,6 +143,10 @@ class OmegaBlock:
             return 0
         return self.size if self.diagonal else self.size * (self.size + 1) // 2
 
+    def label(self, r: int, c: int) -> str:
+        """The reported name of element (r, c): ``OMEGA(KA)`` on the diagonal, ``OMEGA(CL,KA)`` below it."""
+        return f"OMEGA({self.names[r]})" if r == c else f"OMEGA({self.names[r]},{self.names[c]})"
+
     def element_index(self) -> list[tuple[int, int]]:
         """(row, column) of the estimated elements within the block, in reporting order."""
         if self.diagonal:
@@ -240,7 +244,7 @@ class ParameterSet:
         for bi, b in enumerate(self.omega):
             idx = b.element_index()
             for (r, c) in idx:
-                label = f"OMEGA({b.names[r]})" if r == c else f"OMEGA({b.names[r]},{b.names[c]})"
+                label = b.label(r, c)
                 entries.append(("omega", bi, (r, c), label, b.fixed))
         for i, s in enumerate(self.sigma):
             entries.append(("sigma", i, None, f"SIGMA({s.name})", s.fixed))
@@ -294,7 +298,7 @@ class ParameterSet:
             m = b.init.copy()
             for r in range(b.size):
                 for c in range(r + 1):
-                    key = f"OMEGA({b.names[r]})" if r == c else f"OMEGA({b.names[r]},{b.names[c]})"
+                    key = b.label(r, c)
                     if key in natural:
                         m[r, c] = m[c, r] = natural[key]
             blocks.append(OmegaBlock(b.names, m if not b.diagonal else np.diag(m), b.diagonal, b.fixed))
@@ -322,8 +326,7 @@ class ParameterSet:
         theta = [Theta(t.name, t.init, t.lower, t.upper, t.fixed or t.name in chosen) for t in self.theta]
         blocks = []
         for b in self.omega:
-            labels = [f"OMEGA({b.names[r]})" if r == c else f"OMEGA({b.names[r]},{b.names[c]})"
-                      for r, c in b.element_index()]
+            labels = [b.label(r, c) for r, c in b.element_index()]
             named = [lab for lab in labels if lab in chosen]
             if not named or b.fixed:
                 blocks.append(b)
@@ -440,7 +443,7 @@ class ParameterSet:
         m = phi.new_zeros(b.size, b.size)
         for r in range(b.size):
             for c in range(r + 1):
-                key = f"OMEGA({b.names[r]})" if r == c else f"OMEGA({b.names[r]},{b.names[c]})"
+                key = b.label(r, c)
                 if key in pos:
                     m[r, c] = phi[pos[key]]
                     m[c, r] = phi[pos[key]]
