@@ -12,7 +12,10 @@ truth, χ² with as many degrees of freedom as elements).
 Every set is fitted FOCE-I with the model that generated it (``tests/estimation/simulated_models.py``).
 
 Usage: ``python benchmarks/coverage.py [NAME ...]`` (default: the three closed-form sets; add
-``sim_mm_oral`` for the ODE set, about 2 min per fit). Measured results are in ``benchmarks/README.md``.
+``sim_mm_oral`` for the ODE set, about 2 min per fit). ``python benchmarks/coverage.py --estimators
+[NAME ...]`` instead compares the Wald coverage of several estimators on the same sets (FOCE-I with
+the sandwich and with the R-matrix SEs, Laplace, SAEM with Louis' SEs), without profiles. Measured
+results are in ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
@@ -30,14 +33,43 @@ from simulated_models import Z95, model_for, true_values, z_scores  # noqa: E402
 
 SETS = ("sim_1cmt_oral_wt", "sim_2cmt_iv_infusion", "sim_1cmt_oral_1000")
 LEVEL = 0.95
+#: (label, pmxgen.fit options) of the estimators that ``--estimators`` compares.
+ESTIMATORS = (("FOCE-I, sandwich SE", {"method": "focei"}),
+              ("FOCE-I, R-matrix SE", {"method": "focei", "covariance": "R"}),
+              ("Laplace, sandwich SE", {"method": "laplace"}),
+              ("SAEM, Louis SE", {"method": "saem", "seed": 1}))
 
 
 def _inside(flag: bool) -> str:
     return "in " if flag else "OUT"
 
 
+def compare_estimators(names: list[str]) -> None:
+    """Print, for each estimator of ``ESTIMATORS``, the Wald intervals that miss the truth and the coverage."""
+    covered = {label: [0, 0] for label, _ in ESTIMATORS}
+    for name in names:
+        data = pmxgen.datasets.load(name)
+        truth = true_values(pmxgen.datasets.truth(name))
+        for label, options in ESTIMATORS:
+            started = time.perf_counter()
+            fit = pmxgen.fit(model_for(name, data), data, **options)
+            z = z_scores(fit, truth)
+            inside = sum(abs(v) <= Z95 for v in z.values())
+            covered[label][0] += inside
+            covered[label][1] += len(z)
+            misses = ", ".join(f"{p} z {v:+.2f}" for p, v in z.items() if abs(v) > Z95) or "none"
+            print(f"{name:22s} {label:22s} {fit.status:9s} covariance {fit.covariance_status:6s} "
+                  f"{inside}/{len(z)} covered; misses: {misses} ({time.perf_counter() - started:.0f} s)", flush=True)
+    for label, (inside, total) in covered.items():
+        print(f"{label:22s} {inside}/{total} intervals cover the truth ({100 * inside / total:.1f} %)")
+
+
 def main(argv=None) -> int:
-    names = list(argv if argv is not None else sys.argv[1:]) or list(SETS)
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args[:1] == ["--estimators"]:
+        compare_estimators(args[1:] or list(SETS))
+        return 0
+    names = args or list(SETS)
     wald_in = wald_n = profile_in = profile_n = 0
     for name in names:
         data = pmxgen.datasets.load(name)

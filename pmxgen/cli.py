@@ -218,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, help="maximum iterations (classical: BFGS, default 500; MCEM: 100; "
                                                  "VEM: gradient steps, default 1000)")
     p.add_argument("--derivatives", choices=["auto", "expansion", "autograd"],
-                   help="FO/FOCE/FOCE-I/Laplace: derivatives of the predictions from a second-order expansion "
-                        "(central differences in one batched evaluation) or autograd; auto (default) expands ODE "
-                        "models")
+                   help="FO/FOCE/FOCE-I/Laplace: derivatives of the predictions from a Taylor expansion (second "
+                        "order; third for Laplace; central differences in one batched evaluation) or autograd; "
+                        "auto (default) expands ODE models")
     p.add_argument("--n-explore", type=int, help="SAEM: exploratory iterations (default 300)")
     p.add_argument("--n-smooth", type=int, help="SAEM: smoothing iterations (default 200)")
     p.add_argument("--chains", type=int, help="SAEM/MCEM: MCMC chains per subject (default ceil(200/N))")

@@ -4,7 +4,7 @@ from .classical import FO, FOCE, FOCEI, ClassicalEstimator, Laplace
 from .covariance import CovarianceResult, covariance_step
 from .ebe import EBEResult, solve_ebes
 from .encoder import SubjectEncoder
-from .expansion import QuadraticExpansion, expand_predictions, expanded_model
+from .expansion import TaylorExpansion, expand_predictions, expanded_model
 from .importance import ImportanceSamplingResult, importance_sampling, importance_sampling_from_draws
 from .louis import louis_covariance, louis_information
 from .mcmc import sample_conditional
@@ -16,4 +16,4 @@ from .variational import VariationalEM
 __all__ = ["ClassicalEstimator", "FO", "FOCE", "FOCEI", "Laplace", "SAEM", "MCEM", "VariationalEM", "SubjectEncoder", "fit", "FitResult", "METHODS",
            "ALL_METHODS", "subject_objective", "solve_ebes", "EBEResult", "covariance_step", "CovarianceResult",
            "importance_sampling", "importance_sampling_from_draws", "ImportanceSamplingResult", "sample_conditional", "louis_information",
-           "louis_covariance", "QuadraticExpansion", "expand_predictions", "expanded_model"]
+           "louis_covariance", "TaylorExpansion", "expand_predictions", "expanded_model"]

@@ -77,13 +77,13 @@ class ClassicalEstimator:
         sim_1cmt_oral_1000 and FOCE-I there from 3× the initial θ ended in BFGS precision loss
         (max |g| 0.011 and 0.004); at 1e-12 both converge, at no measurable extra cost.
     derivatives : {"auto", "expansion", "autograd"}
-        How the first and second derivatives of the predictions with respect to η and the
-        parameters are taken: from a second-order expansion in the individual parameters built
-        by central differences in one batched model evaluation (:mod:`.expansion`; relative
-        error about 1e-8, an order of magnitude faster for ODE models), or by automatic
-        differentiation through the structural model (exact; always used by Laplace's
-        objective, which needs third derivatives, and by models with inter-occasion
-        variability). ``"auto"``: expansion for ODE models, autograd for closed forms.
+        How the derivatives of the predictions with respect to η and the parameters are
+        taken: from a Taylor expansion in the individual parameters built by central
+        differences in one batched model evaluation (:mod:`.expansion`; second order, relative
+        error about 1e-8; third order for Laplace's objective, relative error about 1e-6; an
+        order of magnitude faster for ODE models), or by automatic differentiation through the
+        structural model (exact; always used by models with inter-occasion variability).
+        ``"auto"``: expansion for ODE models, autograd for closed forms.
     seed : int
         Seed for importance sampling.
     progress : bool or callable

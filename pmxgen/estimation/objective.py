@@ -106,9 +106,9 @@ def subject_objective(model: NLMEModel, values: PopulationValues, batch: Subject
     ``eta_hat`` are the converged EBEs for ``values`` (ignored by FO). Works under
     ``torch.no_grad()`` too (the η-derivatives it needs are taken with autograd enabled).
     ``derivatives="expansion"`` takes the derivatives of the predictions from a
-    :mod:`second-order expansion <.expansion>` (FO, FOCE, FOCE-I; Laplace needs third
-    derivatives and keeps autograd), ``"autograd"`` differentiates through the structural
-    model, ``"auto"`` chooses (see :func:`.expansion.resolve_derivatives`).
+    :mod:`Taylor expansion <.expansion>` (second order for FO, FOCE, FOCE-I; third order for
+    Laplace, whose gradient needs third derivatives), ``"autograd"`` differentiates through the
+    structural model, ``"auto"`` chooses (see :func:`.expansion.resolve_derivatives`).
     ``cache`` keeps the expansion's replicated batch between calls.
     """
     with torch.enable_grad():
@@ -128,9 +128,10 @@ def _subject_objective(model: NLMEModel, values: PopulationValues, batch: Subjec
     data = model.observed(batch)
     # FOCE's residual variance at η = 0 comes from the model itself, not from an expansion at η̂.
     var_ref = variance_reference(model, values, batch, method)
-    if derivatives == "expansion" and method != "laplace":
+    if derivatives == "expansion":
         at = torch.zeros_like(eta_hat) if method == "fo" else eta_hat
-        expanded = expanded_model(model, at.detach(), _detached_values(values), batch, replicated=cache)
+        expanded = expanded_model(model, at.detach(), _detached_values(values), batch, replicated=cache,
+                                  order=3 if method == "laplace" else 2)
         if expanded is not None:
             model = expanded
     if method == "fo":

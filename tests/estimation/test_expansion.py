@@ -1,11 +1,12 @@
-"""Derivatives of the predictions from the second-order expansion against autograd.
+"""Derivatives of the predictions from the Taylor expansion against autograd.
 
 The expansion (``pmxgen.estimation.expansion``) replaces differentiation through the
 structural model by central differences in one replicated forward evaluation. Checked here:
-its Jacobian and Hessian against autograd on closed forms (every dosing feature the
-superposition has), the FOCE/FOCE-I objective, its gradient and the EBEs against the autograd
-path, and a whole FOCE-I fit of an ODE model (expansion) against the same model in closed
-form (autograd): two independent derivative routes and two solvers give one answer.
+its Jacobian, Hessian and third derivatives against autograd on closed forms (every dosing
+feature the superposition has), the FO/FOCE/FOCE-I/Laplace objectives, their gradients and the
+EBEs against the autograd path, and whole FOCE-I and Laplace fits of an ODE model (expansion)
+against the same model in closed form (autograd): two independent derivative routes and two
+solvers give one answer.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pmxgen
 from pmxgen.errors import EstimationError, ModelError
 from pmxgen.estimation import solve_ebes, subject_objective
 from pmxgen.estimation.objective import variance_reference
-from pmxgen.estimation.expansion import QuadraticExpansion, expand_predictions, expanded_model, resolve_derivatives
+from pmxgen.estimation.expansion import TaylorExpansion, expand_predictions, expanded_model, resolve_derivatives
 from pmxgen.models import NLMEModel, build_model
 
 
@@ -39,7 +40,8 @@ def _dosing_data():
 
 
 def _autograd_derivatives(structural, params, names, batch):
-    """``[N, J, P]`` Jacobian and ``[N, J, P, P]`` Hessian in log-parameters, by autograd."""
+    """``[N, J, P]`` Jacobian, ``[N, J, P, P]`` Hessian and ``[N, J, P, P, P]`` third derivatives in
+    log-parameters, by autograd."""
     u = torch.stack([torch.log(params[n]) for n in names], -1).requires_grad_(True)
 
     def f(uu):
@@ -50,14 +52,19 @@ def _autograd_derivatives(structural, params, names, batch):
     out = f(u)
     n, j = out.shape
     jac = torch.zeros(n, j, len(names), dtype=out.dtype)
-    hess = torch.zeros(n, j, len(names), len(names), dtype=out.dtype)
+    p_count = len(names)
+    hess = torch.zeros(n, j, p_count, p_count, dtype=out.dtype)
+    third = torch.zeros(n, j, p_count, p_count, p_count, dtype=out.dtype)
     for col in range(j):
         (g,) = torch.autograd.grad(out[:, col].sum(), u, create_graph=True)
         jac[:, col] = g.detach()
-        for k in range(len(names)):
-            (h,) = torch.autograd.grad(g[:, k].sum(), u, retain_graph=True)
-            hess[:, col, k] = h
-    return out.detach(), jac, hess
+        for k in range(p_count):
+            (h,) = torch.autograd.grad(g[:, k].sum(), u, create_graph=True)
+            hess[:, col, k] = h.detach()
+            for m in range(k, p_count):
+                (t,) = torch.autograd.grad(h[:, m].sum(), u, retain_graph=True)
+                third[:, col, k, m] = third[:, col, m, k] = t
+    return out.detach(), jac, hess, third
 
 
 @pytest.mark.parametrize("model_name", ["1cmt_oral", "2cmt_oral", "2cmt_iv"])
@@ -69,13 +76,19 @@ def test_jacobian_and_hessian_match_autograd_on_closed_forms(model_name):
               for name in structural.parameters}
     params["F1"] = torch.tensor([0.8, 0.7], dtype=torch.float64)
     names = tuple(params)
-    f, jac, hess = _autograd_derivatives(structural, params, names, data.batch)
+    f, jac, hess, third = _autograd_derivatives(structural, params, names, data.batch)
     ex = expand_predictions(structural, params, data.batch, names)
     mask = data.batch.obs.mask
     torch.testing.assert_close(ex.f0[mask], f[mask], rtol=1e-14, atol=0.0)   # f(exp(log p)): rounding only
     scale = f.abs().amax(-1, keepdim=True).unsqueeze(-1)          # per subject
     assert float(((ex.jac - jac).abs() / scale)[mask].max()) < 1e-8
     assert float(((ex.hess - hess).abs() / scale.unsqueeze(-1))[mask].max()) < 1e-6
+    assert ex.order == 2 and ex.third is None
+    # Third order: the same first and second derivatives, and third derivatives to ~1e-6.
+    ex3 = expand_predictions(structural, params, data.batch, names, order=3)
+    assert ex3.order == 3 and torch.equal(ex3.jac, ex.jac) and torch.equal(ex3.hess, ex.hess)
+    assert float(third.abs().amax()) > 1.0
+    assert float(((ex3.third - third).abs() / scale[..., None, None])[mask].max()) < 1e-5
     # The stand-in reproduces value and first derivatives at p0 and is quadratic around it.
     p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     g = ex.predict(p, data.batch)
@@ -93,7 +106,7 @@ def test_expanded_model_falls_back_where_it_cannot_expand():
     values = model.parameters.unpack(model.parameters.initial_natural())
     eta = torch.zeros(batch.n_subjects, 2, dtype=torch.float64)
     expanded = expanded_model(model, eta, values, batch)
-    assert isinstance(expanded.structural, QuadraticExpansion)
+    assert isinstance(expanded.structural, TaylorExpansion)
     assert expanded.structural.names == ("KA", "CL", "V")
     assert model.structural is not expanded.structural             # the original is untouched
     assert expanded_model(expanded, eta, values, batch) is None     # never expands twice
@@ -173,15 +186,33 @@ def test_objective_gradient_and_ebes_agree_with_autograd(small_oral, method):
     torch.testing.assert_close(grad_e, grad_a, rtol=1e-6, atol=1e-7 * float(grad_a.abs().max()))
 
 
-def test_laplace_keeps_autograd_for_its_objective(small_oral):
+def test_laplace_objective_and_gradient_by_third_order_expansion(small_oral):
+    """Laplace's gradient holds third derivatives of the predictions: a second-order expansion
+    would get it wrong (checked below), the third-order one agrees with autograd."""
     batch = small_oral.batch
     model = _oral_model(pmxgen.get_model("1cmt_oral"))
     ps = model.parameters
-    phi = ps.initial_natural(dtype=torch.float64)
-    eta = solve_ebes(model, ps.unpack(phi), batch, torch.zeros(batch.n_subjects, 3, dtype=torch.float64)).eta
-    a = subject_objective(model, ps.unpack(phi), batch, eta, "laplace", derivatives="autograd").ofv
-    e = subject_objective(model, ps.unpack(phi), batch, eta, "laplace", derivatives="expansion").ofv
-    assert torch.equal(a, e)
+    phi0 = ps.initial_natural(dtype=torch.float64)
+    eta = solve_ebes(model, ps.unpack(phi0), batch, torch.zeros(batch.n_subjects, 3, dtype=torch.float64),
+                     tol=1e-12).eta
+    results = {}
+    for how in ("autograd", "expansion"):
+        phi = phi0.clone().requires_grad_(True)
+        ofv = subject_objective(model, ps.unpack(phi), batch, eta, "laplace", derivatives=how).ofv
+        (grad,) = torch.autograd.grad(ofv.sum(), phi)
+        results[how] = ofv.detach(), grad
+    (ofv_a, grad_a), (ofv_e, grad_e) = results["autograd"], results["expansion"]
+    torch.testing.assert_close(ofv_e, ofv_a, rtol=0, atol=1e-8)
+    assert float(grad_a.abs().max()) > 1.0
+    torch.testing.assert_close(grad_e, grad_a, rtol=1e-5, atol=1e-6 * float(grad_a.abs().max()))
+    # The same objective on a second-order expansion: right value, wrong gradient.
+    phi = phi0.clone().requires_grad_(True)
+    values = ps.unpack(phi)
+    quadratic = expanded_model(model, eta, ps.unpack(phi0), batch)
+    ofv_q = subject_objective(quadratic, values, batch, eta, "laplace", derivatives="autograd").ofv
+    (grad_q,) = torch.autograd.grad(ofv_q.sum(), phi)
+    torch.testing.assert_close(ofv_q.detach(), ofv_a, rtol=0, atol=1e-8)
+    assert float((grad_q - grad_a).abs().max()) > 1e-3 * float(grad_a.abs().max())
 
 
 @pytest.mark.parametrize("kind", ["sandwich", "R"])
@@ -196,16 +227,18 @@ def test_covariance_step_agrees_between_derivative_routes(small_oral, kind):
         assert fits["expansion"].se[name] == pytest.approx(fits["autograd"].se[name], rel=1e-4), name
 
 
-def test_ode_fit_by_expansion_equals_closed_form_fit_by_autograd(small_oral):
-    """FOCE-I of one model, two ways: ODE solver + expansion, and closed form + autograd.
+@pytest.mark.parametrize("method", ["focei", "laplace"])
+def test_ode_fit_by_expansion_equals_closed_form_fit_by_autograd(small_oral, method):
+    """FOCE-I (second-order expansion) and Laplace (third order) of one model, two ways: ODE
+    solver + expansion, and closed form + autograd.
 
     The ODE fit starts 10 % away from the closed-form estimates (to keep the test short). The
     sample drives SIGMA(ADD) to about 1e-8 (the additive part is not identifiable here), hence
     the absolute tolerance.
     """
-    closed = pmxgen.fit(_oral_model(pmxgen.get_model("1cmt_oral")), small_oral, method="focei", covariance=None)
+    closed = pmxgen.fit(_oral_model(pmxgen.get_model("1cmt_oral")), small_oral, method=method, covariance=None)
     start = {k: 1.1 * v for k, v in closed.estimates.items()}
-    ode = pmxgen.fit(_oral_model(pmxgen.get_model("1cmt_oral").as_ode(), start), small_oral, method="focei",
+    ode = pmxgen.fit(_oral_model(pmxgen.get_model("1cmt_oral").as_ode(), start), small_oral, method=method,
                      covariance=None)
     assert closed.options["derivatives"] == "autograd" and ode.options["derivatives"] == "expansion"
     assert closed.status == ode.status == "converged"
