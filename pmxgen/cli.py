@@ -17,7 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["main"]
+from .errors import UsageError
+
+__all__ = ["main", "build_parser"]
 
 #: Default model and typical values for the demo on each bundled real dataset.
 _DEMO_SETTINGS = {
@@ -33,21 +35,26 @@ def _parse_params(items: Sequence[str], option: str = "--param") -> dict[str, fl
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"pmxgen: {option} expects NAME=VALUE, got {item!r}")
+            raise UsageError(f"{option} expects NAME=VALUE, got {item!r}")
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            raise SystemExit(f"pmxgen: {option} {name}: {value!r} is not a number") from None
+            raise UsageError(f"{option} {name}: {value!r} is not a number") from None
     return out
 
 
 def _load(data: str, occasion: str | None = None):
     import pmxgen
+    if Path(data).is_dir():
+        raise UsageError(f"{data} is a folder; give a NONMEM-style data file or a bundled dataset name")
     if Path(data).exists():
-        return pmxgen.read_nonmem(data, occasion=occasion)
+        try:
+            return pmxgen.read_nonmem(data, occasion=occasion)
+        except OSError as exc:
+            raise UsageError(f"{data} cannot be read ({exc.strerror or exc})") from None
     if data in pmxgen.datasets.list():
         return pmxgen.datasets.load(data, **({"occasion": occasion} if occasion else {}))
-    raise SystemExit(f"pmxgen: {data!r} is neither a file nor a bundled dataset "
+    raise UsageError(f"{data!r} is neither a file nor a bundled dataset "
                      f"({', '.join(pmxgen.datasets.list())})")
 
 
@@ -83,7 +90,7 @@ def _cmd_demo(args) -> int:
     model = get_model(model_name)
     missing = [p for p in model.parameters if p not in typical]
     if missing:
-        raise SystemExit(f"pmxgen: give typical values for {', '.join(missing)} with --param NAME=VALUE")
+        raise UsageError(f"give typical values for {', '.join(missing)} with --param NAME=VALUE")
     model.check_dataset(ds)
     print(ds.summary())
     print(f"\nModel {model_name}; typical values " + ", ".join(f"{k}={v:g}" for k, v in typical.items()))
@@ -121,40 +128,79 @@ def _split(text: str | None) -> tuple[str, ...] | None:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _estimator_flags() -> dict[str, dict]:
+    """Every estimator option of the registry by flag: ``{flag: {method: CliOption}}``."""
+    from pmxgen.estimation.registry import estimator_classes
+    flags: dict[str, dict] = {}
+    for method, cls in estimator_classes().items():
+        for option in cls.cli_options:
+            flags.setdefault(option.flag, {})[method] = option
+    return flags
+
+
+def _flag_dest(flag: str) -> str:
+    return "est_" + flag.lstrip("-").replace("-", "_")
+
+
+def _add_estimator_arguments(parser: argparse.ArgumentParser) -> None:
+    """One argument per flag that any registered estimator declares; the help says which methods take it."""
+    for flag, by_method in _estimator_flags().items():
+        groups: dict[str, list[str]] = {}
+        for method, option in by_method.items():
+            text = option.help + (f" [{'/'.join(option.choices)}]" if option.choices else "")
+            groups.setdefault(text, []).append(method)
+        parser.add_argument(flag, dest=_flag_dest(flag), metavar="VALUE",
+                            help="; ".join(f"{', '.join(methods)}: {text}" for text, methods in groups.items()))
+
+
 def _fit_options(args) -> dict:
-    """Estimator keywords from the command line (each method keeps its defaults where none is given)."""
-    em = args.method in ("saem", "mcem")
-    vem = args.method == "vem"
-    options: dict = {"seed": args.seed, "progress": not args.quiet}
-    if args.covariance is not None:
-        allowed = (("louis", "linearization", "none") if em else ("linearization", "none") if vem
-                   else ("sandwich", "R", "S", "none"))
-        if args.covariance not in allowed:
-            raise SystemExit(f"pmxgen: --covariance {args.covariance} does not apply to --method {args.method}; "
-                             f"choose one of {', '.join(allowed)}")
-        options["covariance"] = None if args.covariance == "none" else args.covariance
-    if args.importance_samples is not None:
-        options["importance_samples"] = args.importance_samples
-    if args.max_iter is not None and args.method != "saem":
-        options["max_iter"] = args.max_iter
-    if em and args.chains is not None:
-        options["n_chains"] = args.chains
-    if args.derivatives is not None:
-        if args.method not in ("fo", "foce", "focei", "laplace"):
-            raise SystemExit(f"pmxgen: --derivatives applies to fo, foce, focei and laplace, not --method "
-                             f"{args.method}")
-        options["derivatives"] = args.derivatives
-    if args.method == "saem":
-        for key in ("n_explore", "n_smooth"):
-            if getattr(args, key) is not None:
-                options[key] = getattr(args, key)
-    vem_only = {"posterior": args.posterior, "flow": args.flow, "bound": args.bound, "n_samples": args.vem_samples,
-                "refine_iter": args.refine_iter}
-    given = [key for key, v in vem_only.items() if v is not None]
-    if given and not vem:
-        raise SystemExit(f"pmxgen: --{given[0].replace('_', '-')} applies to --method vem only")
-    options.update({key: v for key, v in vem_only.items() if v is not None})
+    """Estimator keywords from the command line (each method keeps its defaults where none is given).
+
+    Each estimator declares its options (``cli_options``); an option the chosen method does not
+    declare is refused naming the methods that take it, a value is converted and checked against
+    the method's own choices.
+    """
+    from pmxgen.estimation.registry import get_estimator_class, normalise_method
+    method = normalise_method(args.method)
+    cls = get_estimator_class(method)
+    params = cls._param_names()
+    options: dict = {}
+    if "seed" in params:
+        options["seed"] = args.seed
+    if "progress" in params:
+        options["progress"] = not args.quiet
+    own = {o.flag: o for o in cls.cli_options}
+    for flag, by_method in _estimator_flags().items():
+        raw = getattr(args, _flag_dest(flag), None)
+        if raw is None:
+            continue
+        if flag not in own:
+            raise UsageError(f"{flag} does not apply to --method {method}; it applies to {', '.join(by_method)}")
+        option = own[flag]
+        if option.choices and raw not in option.choices:
+            raise UsageError(f"{flag} {raw} does not apply to --method {method}; choose one of "
+                             f"{', '.join(option.choices)}")
+        try:
+            options[option.keyword] = option.convert(raw)
+        except ValueError:
+            raise UsageError(f"{flag}: {raw!r} is not a valid {option.type.__name__}") from None
     return options
+
+
+def _check_output(out: Path, *, force: bool) -> None:
+    """Refuse an ``--output`` that is a file, is not writable, or holds a previous run (without ``--force``)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out} is a file; give a folder")
+    if out.is_dir() and (out / "fit.json").exists() and not force:
+        raise UsageError(f"--output {out} holds a previous run (fit.json); choose another folder, or pass --force to "
+                         f"replace its files")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pmxgen-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--output {out} cannot be written ({exc.strerror or exc}); choose a writable folder") from None
 
 
 def _cmd_fit(args) -> int:
@@ -163,6 +209,12 @@ def _cmd_fit(args) -> int:
     from pmxgen.models.loader import load_model_file
     from pmxgen.report import write_fit
 
+    # Everything the command line can get wrong is checked before any reading or fitting.
+    options = _fit_options(args)
+    init = _parse_params(args.init, "--init") if args.init else None
+    fixed = _parse_params(args.fix, "--fix") if args.fix else None
+    if args.output:
+        _check_output(Path(args.output), force=args.force)
     ds = _load(args.data, args.occasion)
     if args.model.endswith(".py"):
         model = load_model_file(args.model, ds)
@@ -170,19 +222,23 @@ def _cmd_fit(args) -> int:
         model = build_model(args.model, ds, error=args.error, iiv=_split(args.iiv), iov=_split(args.iov) or (),
                             full_omega=args.full_omega)
     else:
-        raise SystemExit(f"pmxgen: --model {args.model!r} is neither a .py model file nor a built-in model "
+        raise UsageError(f"--model {args.model!r} is neither a .py model file nor a built-in model "
                          f"({', '.join(LIBRARY)})")
-    if args.init:
-        model = model.with_initial(_parse_params(args.init, "--init"))
-    if args.fix:
-        model = model.with_fixed(_parse_params(args.fix, "--fix"))
+    if init:
+        model = model.with_initial(init)
+    if fixed:
+        model = model.with_fixed(fixed)
     print(f"Fitting {model.name} to {ds.source} ({ds.n_subjects} subjects, {ds.n_observations} observations) "
           f"by {args.method.upper()}", file=sys.stderr, flush=True)
-    fit = pmxgen.fit(model, ds, method=args.method, **_fit_options(args))
+    fit = pmxgen.fit(model, ds, method=args.method, **options)
     print(fit.summary())
     if args.output:
-        paths = write_fit(fit, args.output)
+        out = Path(args.output)
+        replaced = sorted(p.name for p in out.glob("*") if p.is_file()) if out.is_dir() else []
+        paths = write_fit(fit, out)
         print("\nWrote " + ", ".join(str(p) for p in paths))
+        if replaced:
+            print(f"(--force: replaced the previous run's files in {out}: {', '.join(replaced)})")
     return 0 if fit.status == "converged" else 1
 
 
@@ -192,11 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pmxgen", description="Population pharmacometrics with pmxgen.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fit", help="fit a population model (FO, FOCE, FOCE-I, Laplace, SAEM, MCEM, VEM) and write the "
-                                   "results")
+    p = sub.add_parser("fit", help="fit a population model (any registered method: FO, FOCE, FOCE-I, Laplace, SAEM, "
+                                   "MCEM, VEM, ...) and write the results")
     p.add_argument("data", help="a NONMEM-style file or a bundled dataset name")
     p.add_argument("--model", required=True, help="built-in model (1cmt_oral, 2cmt_iv, ...) or a .py model file")
-    p.add_argument("--method", default="focei", choices=["fo", "foce", "focei", "laplace", "saem", "mcem", "vem"])
+    from pmxgen.estimation.registry import estimator_classes
+    methods = estimator_classes()
+    p.add_argument("--method", default="focei", choices=list(methods), metavar="METHOD",
+                   help="estimation method: " + "; ".join(f"{name} ({cls.summary})" for name, cls in methods.items()))
     p.add_argument("--error", default="combined",
                    choices=["additive", "proportional", "combined", "combined_sd", "exponential"],
                    help="residual error model (built-in models)")
@@ -209,32 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                    help="fix a parameter at a value, e.g. KA=1.5 or SIGMA(ADD)=0.01 (repeatable; Omega by whole "
                         "blocks, as NONMEM)")
-    p.add_argument("--covariance", choices=["sandwich", "R", "S", "louis", "linearization", "none"],
-                   help="standard errors: sandwich (default), R or S for the classical methods; louis (default) or "
-                        "linearization for SAEM/MCEM; linearization (default) for VEM; none skips them")
-    p.add_argument("--importance-samples", type=int,
-                   help="draws per subject for the importance-sampling -2LL at the estimates (classical default 0: "
-                        "skip; SAEM/MCEM always compute it, default 1000)")
-    p.add_argument("--max-iter", type=int, help="maximum iterations (classical: BFGS, default 500; MCEM: 100; "
-                                                 "VEM: gradient steps, default 1000)")
-    p.add_argument("--derivatives", choices=["auto", "expansion", "autograd"],
-                   help="FO/FOCE/FOCE-I/Laplace: derivatives of the predictions from a Taylor expansion (second "
-                        "order; third for Laplace; central differences in one batched evaluation) or autograd; "
-                        "auto (default) expands ODE models")
-    p.add_argument("--n-explore", type=int, help="SAEM: exploratory iterations (default 300)")
-    p.add_argument("--n-smooth", type=int, help="SAEM: smoothing iterations (default 200)")
-    p.add_argument("--chains", type=int, help="SAEM/MCEM: MCMC chains per subject (default ceil(200/N))")
-    p.add_argument("--posterior", choices=["gaussian", "flow", "amortized"],
-                   help="VEM: each subject's posterior family (default gaussian)")
-    p.add_argument("--flow", help="VEM --posterior flow: the flow, e.g. affine+planar*4 (default) or "
-                                  "affine+coupling*2+radial*2")
-    p.add_argument("--bound", choices=["elbo", "iwae"], help="VEM: the bound maximised (default elbo)")
-    p.add_argument("--vem-samples", type=int, help="VEM: draws per subject per gradient step (default 8)")
-    p.add_argument("--refine-iter", type=int,
-                   help="VEM --posterior amortized: per-subject refinement steps after the encoder fit (default 0)")
+    _add_estimator_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--output", help="folder for results.json, fit.json and the tables")
+    p.add_argument("--output", help="folder for results.json, fit.json and the tables (checked before fitting)")
+    p.add_argument("--force", action="store_true", help="replace the files of a previous run in --output")
     p.set_defaults(func=_cmd_fit)
     p = sub.add_parser("datasets", help="list bundled datasets, or describe one")
     p.add_argument("name", nargs="?", help="a dataset name: print its README")

@@ -12,6 +12,7 @@ __all__ = [
     "IntegrationError",
     "DatasetWarning",
     "ConvergenceWarning",
+    "UsageError",
 ]
 
 
@@ -61,6 +62,10 @@ class EstimationError(PmxgenError, RuntimeError):
 
 class IntegrationError(PmxgenError, RuntimeError):
     """Numerical integration of a model failed (non-finite values, stiffness, step-size underflow)."""
+
+
+class UsageError(PmxgenError, ValueError):
+    """A command line that cannot be carried out (unknown option for a method, unparsable value, missing file)."""
 
 
 class DatasetWarning(UserWarning):

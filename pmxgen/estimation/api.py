@@ -1,26 +1,25 @@
-"""``pmxgen.fit``: one entry point for every estimation method."""
+"""``pmxgen.fit``: one entry point for every registered estimation method."""
 from __future__ import annotations
 
 from ..data.dataset import Dataset
-from ..errors import EstimationError
 from ..models.base import PopulationModel
-from .classical import ClassicalEstimator
-from .objective import METHODS as CLASSICAL_METHODS
+from .registry import MethodNames, make_estimator
 from .results import FitResult
-from .saem import MCEM, SAEM
 
 __all__ = ["fit", "ALL_METHODS"]
 
-#: Every method name :func:`fit` accepts.
-ALL_METHODS = CLASSICAL_METHODS + ("saem", "mcem", "vem")
+#: Every method name :func:`fit` accepts: a live view of the estimator registry
+#: (:mod:`pmxgen.estimation.registry`), so estimators registered later appear too.
+ALL_METHODS = MethodNames()
 
 
 def fit(model: PopulationModel, data: Dataset, method: str = "focei", **options) -> FitResult:
-    """Fit ``model`` to ``data`` by ``method``; ``options`` go to the estimator.
+    """Fit ``model`` to ``data`` by ``method``; ``options`` are the estimator's hyperparameters.
 
-    ``fo``, ``foce``, ``focei`` and ``laplace`` use :class:`ClassicalEstimator`; ``saem`` and
-    ``mcem`` use :class:`~pmxgen.estimation.saem.SAEM` and :class:`~pmxgen.estimation.saem.MCEM`;
-    ``vem`` uses :class:`~pmxgen.estimation.variational.VariationalEM`.
+    ``method`` names a registered estimator (:data:`ALL_METHODS`: ``fo``, ``foce``, ``focei``,
+    ``laplace``, ``saem``, ``mcem``, ``vem`` and any registered later; case, '-' and '_' are
+    ignored). An option the estimator does not have raises
+    :class:`~pmxgen.errors.EstimationError` naming the options it has.
 
     Examples
     --------
@@ -30,15 +29,9 @@ def fit(model: PopulationModel, data: Dataset, method: str = "focei", **options)
     >>> result = pmxgen.fit(model, data, method="foce", covariance=None)
     >>> result.status
     'converged'
+    >>> pmxgen.fit(model, data, method="foce", n_explore=10)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pmxgen.errors.EstimationError: method 'foce' has no option 'n_explore'; its options are ...
     """
-    key = str(method).lower().replace("-", "")
-    if key == "saem":
-        return SAEM(**options).fit(model, data)
-    if key == "mcem":
-        return MCEM(**options).fit(model, data)
-    if key == "vem":
-        from .variational import VariationalEM
-        return VariationalEM(**options).fit(model, data)
-    if key not in CLASSICAL_METHODS:
-        raise EstimationError(f"unknown method {method!r}; choose one of {', '.join(ALL_METHODS)}")
-    return ClassicalEstimator(key, **options).fit(model, data)
+    return make_estimator(method, **options).fit(model, data)

@@ -16,15 +16,17 @@ import numpy as np
 import torch
 from scipy import optimize
 
-from ..data.dataset import Dataset
 from ..errors import ConvergenceWarning, EstimationError, IntegrationError, ModelError
-from ..models.nlme import NLMEModel
+from ..models.base import PopulationModel, network_weight_count
+from ..models.weights import assign_weights_vector, weight_tensors, weights_vector
+from .base import CliOption, Estimator, check_integer, check_positive
 from .covariance import COVARIANCE_KINDS, covariance_step
 from .ebe import solve_ebes
 from .importance import importance_sampling, importance_summary
 from .expansion import DERIVATIVES, resolve_derivatives
 from .objective import METHODS, subject_objective, variance_reference
-from .posthoc import estimate_messages, minus2ll_offset, posthoc_tables, standard_errors
+from .posthoc import common_result_fields, estimate_messages, minus2ll_offset, network_summary, posthoc_tables
+from .registry import normalise_method, register_estimator
 from .results import FitResult
 
 __all__ = ["ClassicalEstimator", "FO", "FOCE", "FOCEI", "Laplace", "approximate_objective",
@@ -47,8 +49,15 @@ WARM_START_MARGIN = 1.0
 CONVERGED_DECREMENT = 1e-4
 
 
-class ClassicalEstimator:
-    """Maximum (approximate) likelihood for NLME models by FO, FOCE, FOCE-I or Laplace.
+class ClassicalEstimator(Estimator):
+    """Maximum (approximate) likelihood by FO, FOCE, FOCE-I or Laplace.
+
+    Needs a model with Gaussian residuals given η and Gaussian random effects (the
+    ``gaussian_residual`` and ``gaussian_random_effects`` tiers of
+    :mod:`pmxgen.models.base`): NLME models, PPCA, or any model offering them. Network weights
+    of the model (``model.networks``) are optimised with the named parameters (L-BFGS on the
+    flattened weights and the unconstrained named parameters, instead of BFGS); the covariance
+    step then gives the named parameters' SEs conditional on the fitted weights.
 
     Parameters
     ----------
@@ -93,6 +102,9 @@ class ClassicalEstimator:
         Torch intra-op threads during the fit on CPU (restored afterwards). The batched
         per-subject linear algebra is small, and extra threads mostly add synchronisation
         (several times slower on a loaded machine); None keeps torch's setting.
+    weight_decay : float
+        Models with network weights: ``weight_decay · ‖w‖²`` is added to the objective (OFV
+        units; a Gaussian prior on the weights). 0: none.
 
     Examples
     --------
@@ -105,11 +117,32 @@ class ClassicalEstimator:
     ('converged', 115.9)
     """
 
+    name = "classical"
+    requires = ("gaussian_residual", "gaussian_random_effects")
+    supports_network_weights = True
+    supports_occasions = True
+    cli_options = (
+        CliOption("--covariance", "covariance", str, "standard errors: sandwich (default), R or S; none skips them",
+                  ("sandwich", "R", "S", "none"), none_value="none"),
+        CliOption("--importance-samples", "importance_samples", int,
+                  "draws per subject for an importance-sampling -2LL at the estimates (default 0: skip)"),
+        CliOption("--max-iter", "max_iter", int, "BFGS iterations (default 500)"),
+        CliOption("--derivatives", "derivatives", str,
+                  "derivatives of the predictions from a Taylor expansion (second order; third for Laplace; central "
+                  "differences in one batched evaluation) or autograd; auto (default) expands ODE models",
+                  ("auto", "expansion", "autograd")),
+        CliOption("--weight-decay", "weight_decay", float,
+                  "models with network weights: penalty weight_decay*|w|^2 in OFV units (default 0)"),
+    )
+
     def __init__(self, method: str = "focei", *, max_iter: int = 500, gtol: float = 1e-4, gradient: str = "exact",
                  covariance: str | None = "sandwich", importance_samples: int = 0, importance_df: int = 4,
                  inner_max_iter: int = 100, inner_tol: float | None = None, derivatives: str = "auto", seed: int = 0,
-                 progress: bool | Callable = False, progress_every: int = 10, cpu_threads: int | None = 1):
+                 progress: bool | Callable = False, progress_every: int = 10, cpu_threads: int | None = 1,
+                 weight_decay: float = 0.0):
         self.method = method
+        self.name = normalise_method(method) if isinstance(method, str) else str(method)
+        self.weight_decay = weight_decay
         self.max_iter = max_iter
         self.gtol = gtol
         self.gradient = gradient
@@ -126,19 +159,14 @@ class ClassicalEstimator:
 
     # ------------------------------------------------------------ validation
     def _validate(self, model, data) -> None:
-        m = str(self.method).lower().replace("-", "")
+        m = normalise_method(self.method)
         if m not in METHODS:
             raise EstimationError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        self.method = m
+        self.method = self.name = m
         for name, lo in (("max_iter", 1), ("inner_max_iter", 1), ("progress_every", 1), ("importance_samples", 0),
                          ("importance_df", 1)):
-
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise EstimationError(f"{name} must be an integer >= {lo} (found {v!r})")
-        if self.cpu_threads is not None and (isinstance(self.cpu_threads, bool) or
-                                             not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
-            raise EstimationError(f"cpu_threads must be a positive integer or None (found {self.cpu_threads!r})")
+            check_integer(type(self).__name__, name, getattr(self, name), lo)
+        check_positive(type(self).__name__, "weight_decay", self.weight_decay, allow_zero=True)
         if self.importance_samples == 1:
             raise EstimationError("importance_samples must be 0 (skip) or >= 2")
         for name in ("gtol", "inner_tol"):
@@ -154,31 +182,13 @@ class ClassicalEstimator:
         if self.covariance is not None and self.covariance not in COVARIANCE_KINDS:
             raise EstimationError(f"covariance must be one of {', '.join(COVARIANCE_KINDS)} or None "
                                   f"(found {self.covariance!r})")
-        if not isinstance(model, NLMEModel):
-            raise EstimationError(f"{self.method.upper()} needs an NLMEModel (found {type(model).__name__})")
-        if not isinstance(data, Dataset):
-            raise EstimationError(f"data must be a pmxgen Dataset (found {type(data).__name__}); use pmxgen.read_nonmem")
-        if data.n_blq and self.method != "laplace":
+        if getattr(data, "n_blq", 0) and self.method != "laplace":
             raise EstimationError(f"the data have {data.n_blq} observations below the LLOQ, handled by the M3 "
                                   f"likelihood, which needs method='laplace' (as NONMEM's LAPLACIAN); or drop "
                                   f"the BLQ flags to treat them as ordinary observations")
-        if data.n_observations == 0:
-            raise EstimationError("the data have no observations to fit")
 
     # ------------------------------------------------------------------- fit
-    def fit(self, model: NLMEModel, data: Dataset) -> FitResult:
-        """Estimate the parameters of ``model`` from ``data``; returns a frozen :class:`FitResult`."""
-        self._validate(model, data)
-        previous = torch.get_num_threads()
-        if self.cpu_threads is not None and data.device.type == "cpu":
-            torch.set_num_threads(int(self.cpu_threads))
-        try:
-            return self._fit(model, data)
-        finally:
-            torch.set_num_threads(previous)
-
-    def _fit(self, model: NLMEModel, data: Dataset) -> FitResult:
-        model.check(data)
+    def _fit(self, model: PopulationModel, data) -> FitResult:
         started = time.perf_counter()
         batch = data.batch
         ps = model.parameters
@@ -186,7 +196,10 @@ class ClassicalEstimator:
         n, k = batch.n_subjects, len(model.eta_names(batch))
         dtype, device = batch.dtype, batch.device
         phi0 = ps.initial_natural(dtype=dtype, device=device)
-        x0 = ps.to_unconstrained(phi0).detach().cpu().numpy()
+        # The optimiser's vector: the unconstrained named parameters, then the network weights.
+        n_named = ps.n_estimated
+        weights = weight_tensors(model)
+        x0 = np.concatenate([ps.to_unconstrained(phi0).detach().cpu().numpy(), weights_vector(model).numpy()])
         zeros = torch.zeros(n, k, dtype=dtype, device=device)
         # EBE warm starts: the last evaluation's and the best point's EBEs (see solve_ebes' alternatives).
         state = {"eta": zeros, "eta_best": zeros, "evals": 0, "best": math.inf}
@@ -198,18 +211,23 @@ class ClassicalEstimator:
 
         def fun(x: np.ndarray):
             state["evals"] += 1
-            xt = torch.as_tensor(x, dtype=dtype, device=device).requires_grad_(self.gradient == "exact")
+            if weights:
+                assign_weights_vector(model, x[n_named:])
+            xt = torch.as_tensor(x[:n_named], dtype=dtype, device=device).requires_grad_(self.gradient == "exact")
             try:
                 phi = ps.from_unconstrained(xt)
                 total, eta = objective_at_phi(phi, (state["eta"], state["eta_best"]))
+                if weights and self.weight_decay:
+                    total = total + float(self.weight_decay) * sum((w * w).sum() for w in weights)
                 if not bool(torch.isfinite(total)):
                     return _PENALTY, np.zeros_like(x)
                 if self.gradient == "exact":
-                    (g,) = torch.autograd.grad(total, xt)
-                    g = g.detach().cpu().numpy()
+                    grads = torch.autograd.grad(total, [xt] + weights, allow_unused=True)
+                    g = np.concatenate([(torch.zeros_like(t) if d is None else d).detach().reshape(-1).cpu().numpy()
+                                        for d, t in zip(grads, [xt] + weights)])
                 else:
                     g = self._finite_difference(x, lambda xx: self._value(ps, objective_at_phi, xx, eta, dtype,
-                                                                          device))
+                                                                          device, model, n_named))
             except (torch.linalg.LinAlgError, ModelError, IntegrationError) as exc:
                 # Trial points of the line search may leave the region where the model can be
                 # evaluated (overflowing parameters, stiff ODEs): make them unattractive.
@@ -232,7 +250,7 @@ class ClassicalEstimator:
         history: list[dict] = []
 
         def record(x):
-            phi = ps.from_unconstrained(torch.as_tensor(x, dtype=dtype, device=device)).detach()
+            phi = ps.from_unconstrained(torch.as_tensor(x[:n_named], dtype=dtype, device=device)).detach()
             it = len(history)
             ofv = state.get("last_ofv", float("nan"))
             history.append({"iteration": it, "ofv": ofv, **ps.full_natural(phi)})
@@ -250,8 +268,10 @@ class ClassicalEstimator:
 
         fun_recorded(x0)
         record(x0)
-        result = optimize.minimize(fun_recorded, x0, jac=True, method="BFGS",
-                                   options={"gtol": self.gtol, "maxiter": self.max_iter},
+        # BFGS keeps a dense inverse Hessian: with network weights, L-BFGS (limited memory) instead.
+        result = optimize.minimize(fun_recorded, x0, jac=True, method="L-BFGS-B" if weights else "BFGS",
+                                   options={"gtol": self.gtol, "maxiter": self.max_iter} if not weights else
+                                   {"gtol": self.gtol, "maxiter": self.max_iter, "ftol": 1e-13, "maxcor": 20},
                                    callback=lambda xk: (None if np.array_equal(xk, state["last_x"])
                                                         else fun_recorded(xk), record(xk)))
         x_hat = result.x
@@ -262,8 +282,10 @@ class ClassicalEstimator:
         if status != "converged":
             warnings.warn(f"{method.upper()} did not converge: {messages[0]}", ConvergenceWarning, stacklevel=2)
 
-        phi_hat = ps.from_unconstrained(torch.as_tensor(x_hat, dtype=dtype, device=device)).detach()
+        phi_hat = ps.from_unconstrained(torch.as_tensor(x_hat[:n_named], dtype=dtype, device=device)).detach()
         values = ps.unpack(phi_hat)
+        if weights:
+            assign_weights_vector(model, x_hat[n_named:])
         # Final EBEs (posthoc for FO, with interaction as FOCE-I).
         with torch.no_grad():
             ref = variance_reference(model, values, batch, method if method != "fo" else "focei")
@@ -300,30 +322,19 @@ class ClassicalEstimator:
         tables = posthoc_tables(model, data, values, eta_hat)
         eta_names = model.eta_names(batch)
         eta_np = eta_hat.detach().cpu().numpy()
-        full = ps.full_natural(phi_hat)
-        se, cov_matrix = standard_errors(ps, cov_result)
         near, notes = estimate_messages(ps, phi_hat)
         messages.extend(notes)
+        if weights:
+            messages.append(f"{network_weight_count(model)} network weights fitted with the named parameters (L-BFGS)"
+                            + ("; SEs are conditional on them" if cov_result is not None else ""))
+        options = {**self.options(), "inner_tol": inner_tol, "derivatives": resolve_derivatives(self.derivatives, model)}
         return FitResult(
-            method=method, model_name=model.name, data_source=str(data.source), parameter_names=ps.all_names,
-            estimated_names=ps.names, estimates=full, se=se,
-            fixed={name: name not in ps.names for name in ps.all_names},
-            covariance=cov_matrix, covariance_method=self.covariance,
-            covariance_status="not requested" if self.covariance is None else (
-                "not run" if cov_result is None else cov_result.status),
-            covariance_message="" if cov_result is None else cov_result.message,
-            condition_number=float("nan") if cov_result is None else cov_result.condition_number,
-            ofv=ofv, minus2ll=minus2ll, n_observations=int(data.n_observations), n_subjects=n,
-            ids=tuple(data.ids), eta_names=tuple(eta_names), ebe=eta_np, ebe_covariance=ebe_cov.cpu().numpy(),
-            observations=tables.observations, individual=tables.individual, shrinkage=tables.shrinkage, history=tuple(history), status=status,
-            messages=tuple(messages), near_bounds=tuple(near), importance_sampling=is_dict,
-            elapsed_seconds=time.perf_counter() - started,
-            options={"method": method, "max_iter": self.max_iter, "gtol": self.gtol, "gradient": self.gradient,
-                     "covariance": self.covariance, "importance_samples": self.importance_samples,
-                     "importance_df": self.importance_df, "seed": self.seed, "inner_tol": inner_tol,
-                     "derivatives": resolve_derivatives(self.derivatives, model),
-                     "cpu_threads": self.cpu_threads},
-            model_recipe=getattr(model, "recipe", None), data_recipe=data.recipe)
+            method=method, **common_result_fields(model, data, phi_hat, cov_result, self.covariance),
+            ofv=ofv, minus2ll=minus2ll, eta_names=tuple(eta_names), ebe=eta_np, ebe_covariance=ebe_cov.cpu().numpy(),
+            observations=tables.observations, individual=tables.individual, shrinkage=tables.shrinkage,
+            history=tuple(history), status=status, messages=tuple(messages), near_bounds=tuple(near),
+            importance_sampling=is_dict, elapsed_seconds=time.perf_counter() - started, options=options,
+            **network_summary(model))
 
     # --------------------------------------------------------------- helpers
     def _inner_tol(self) -> float:
@@ -332,9 +343,12 @@ class ClassicalEstimator:
         return DEFAULT_INNER_TOL
 
     @staticmethod
-    def _value(ps, objective_at_phi, x, eta, dtype, device) -> float:
+    def _value(ps, objective_at_phi, x, eta, dtype, device, model=None, n_named=None) -> float:
+        n_named = len(x) if n_named is None else n_named
+        if model is not None and len(x) > n_named:
+            assign_weights_vector(model, x[n_named:])
         with torch.no_grad():
-            phi = ps.from_unconstrained(torch.as_tensor(x, dtype=dtype, device=device))
+            phi = ps.from_unconstrained(torch.as_tensor(x[:n_named], dtype=dtype, device=device))
         total, _ = objective_at_phi(phi, eta)
         return float(total.detach())
 
@@ -395,7 +409,7 @@ def minimization_status(result: optimize.OptimizeResult, final_value: float, fin
     return "failed", [f"{result.message} (max |gradient| {grad_max:.3g}{tail}); try other initial estimates"]
 
 
-def approximate_objective(model: NLMEModel, batch, method: str, inner_max_iter: int = 100,
+def approximate_objective(model: PopulationModel, batch, method: str, inner_max_iter: int = 100,
                           inner_tol: float = DEFAULT_INNER_TOL, derivatives: str = "auto") -> Callable:
     """``objective_at_phi(phi, eta0, per_subject=False) -> (OFV, EBEs)`` of ``method``, differentiable in φ.
 
@@ -448,29 +462,48 @@ def objective_covariance(ps, objective_at_phi: Callable, phi_hat: torch.Tensor, 
     return covariance_step(phi_hat.cpu().numpy(), ps.names, total_gradient, subject_gradients, kind=kind)
 
 
-class FO(ClassicalEstimator):
+class _Method(ClassicalEstimator):
+    """A :class:`ClassicalEstimator` with its method fixed by the class (what the registry holds)."""
+
+    def __init__(self, **kwargs):
+        if "method" in kwargs:
+            raise EstimationError(f"{type(self).__name__} fixes the method ({self.name}); use ClassicalEstimator "
+                                  f"to choose it")
+        super().__init__(self.name, **kwargs)
+
+    def get_params(self) -> dict:
+        params = super().get_params()
+        params.pop("method", None)
+        return params
+
+
+@register_estimator
+class FO(_Method):
     """First-order estimation (linearisation at η = 0). See :class:`ClassicalEstimator`."""
 
-    def __init__(self, **kwargs):
-        super().__init__("fo", **kwargs)
+    name = "fo"
+    summary = "first-order (NONMEM FO): linearisation at eta = 0"
 
 
-class FOCE(ClassicalEstimator):
+@register_estimator
+class FOCE(_Method):
     """First-order conditional estimation without interaction. See :class:`ClassicalEstimator`."""
 
-    def __init__(self, **kwargs):
-        super().__init__("foce", **kwargs)
+    name = "foce"
+    summary = "first-order conditional estimation (residual variance at eta = 0)"
 
 
-class FOCEI(ClassicalEstimator):
+@register_estimator
+class FOCEI(_Method):
     """First-order conditional estimation with interaction. See :class:`ClassicalEstimator`."""
 
-    def __init__(self, **kwargs):
-        super().__init__("focei", **kwargs)
+    name = "focei"
+    summary = "first-order conditional estimation with interaction (the default)"
 
 
-class Laplace(ClassicalEstimator):
+@register_estimator
+class Laplace(_Method):
     """Laplace approximation (exact Hessian of the conditional objective). See :class:`ClassicalEstimator`."""
 
-    def __init__(self, **kwargs):
-        super().__init__("laplace", **kwargs)
+    name = "laplace"
+    summary = "Laplace approximation (exact eta-Hessian; needed for BLQ/M3 data)"

@@ -14,7 +14,7 @@ import torch
 
 from ..data.batching import SubjectBatch
 from ..errors import IntegrationError, ModelError
-from ..models.nlme import NLMEModel, ObservedData
+from ..models.base import ObservedData, PopulationModel
 from ..models.parameters import PopulationValues
 from .expansion import expanded_model, resolve_derivatives
 from .linearization import inner_objective
@@ -38,7 +38,7 @@ class EBEResult:
     iterations: int
 
 
-def solve_ebes(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, eta0: torch.Tensor, *,
+def solve_ebes(model: PopulationModel, values: PopulationValues, batch: SubjectBatch, eta0: torch.Tensor, *,
                variance_at: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-10,
                max_halvings: int = 30, derivatives: str = "auto",
                alternatives: tuple[torch.Tensor, ...] = (), switch_margin: float = 0.0) -> EBEResult:

@@ -64,8 +64,10 @@ class EMParameters:
         self.phi = ps.initial_natural(dtype=batch.dtype, device=batch.device)
         self.k = len(model.eta_names(batch))
         estimated_theta = {t.name for t in ps.theta if not t.fixed}
-        self.mu_refs: list[MuReference] = find_mu_references(model, self.values(), batch, estimated_theta,
-                                                             n_iiv=self.k)
+        # Mu-referencing needs the individual parameters; without them every θ is updated numerically.
+        self.mu_refs: list[MuReference] = (
+            find_mu_references(model, self.values(), batch, estimated_theta, n_iiv=self.k)
+            if callable(getattr(model, "individual_parameters", None)) else [])
         mu_names = {m.theta for m in self.mu_refs}
         self.numeric_names = [n for n in ps.names if ps.kind_of(n) == "sigma"
                               or (ps.kind_of(n) == "theta" and n not in mu_names)]

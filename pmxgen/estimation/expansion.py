@@ -30,7 +30,6 @@ per subject), is not expandable and the caller falls back to autograd.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from typing import Mapping
@@ -39,7 +38,7 @@ import torch
 
 from ..data.batching import SubjectBatch
 from ..errors import EstimationError, ModelError
-from ..models.nlme import NLMEModel
+from ..models.base import PopulationModel
 from ..models.parameters import PopulationValues
 from ..structural.base import StructuralModel
 from ..structural.closed_form import LinearCompartmentModel
@@ -268,8 +267,7 @@ def resolve_derivatives(choice: str, model) -> str:
         raise EstimationError(f"derivatives must be one of {', '.join(DERIVATIVES)} (found {choice!r})")
     if choice != "auto":
         return choice
-    structural = getattr(model, "structural", None)
-    if structural is None or isinstance(structural, LinearCompartmentModel) or getattr(model, "iov_names", ()):
+    if not expandable(model) or isinstance(model.structural, LinearCompartmentModel):
         return "autograd"
     return "expansion"
 
@@ -286,8 +284,18 @@ def expandable_names(params: Mapping[str, torch.Tensor]) -> tuple[str, ...] | No
     return tuple(names)
 
 
-def expanded_model(model: NLMEModel, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch,
-                   *, replicated: dict | None = None, order: int = 2) -> NLMEModel | None:
+def expandable(model) -> bool:
+    """Whether ``model`` can have its predictions replaced by a Taylor expansion: it has a structural
+    model of individual parameters (``structural``, ``individual_parameters``, ``with_structural``), no
+    inter-occasion effects, and is not expanded already."""
+    structural = getattr(model, "structural", None)
+    return (isinstance(structural, StructuralModel) and not isinstance(structural, TaylorExpansion)
+            and callable(getattr(model, "individual_parameters", None))
+            and callable(getattr(model, "with_structural", None)) and not getattr(model, "iov_names", ()))
+
+
+def expanded_model(model: PopulationModel, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch,
+                   *, replicated: dict | None = None, order: int = 2) -> PopulationModel | None:
     """``model`` with its structural model replaced by the expansion of ``order`` at (η, values), or None.
 
     The parameters expanded are those that move with η or with the population values (the
@@ -295,7 +303,7 @@ def expanded_model(model: NLMEModel, eta: torch.Tensor, values: PopulationValues
     with inter-occasion variability or a moving non-positive parameter: use autograd then.
     ``replicated`` (a dict) caches the replicated batch across calls on the same ``batch``.
     """
-    if not isinstance(model, NLMEModel) or model.iov_names or isinstance(model.structural, TaylorExpansion):
+    if not expandable(model):
         return None
     with torch.enable_grad():
         probe_eta = eta.detach().requires_grad_(True)
@@ -316,6 +324,4 @@ def expanded_model(model: NLMEModel, eta: torch.Tensor, values: PopulationValues
             replicated[reps] = (batch, rep_batch)
     expansion = expand_predictions(model.structural, {k: v.detach() for k, v in params.items()}, batch, names,
                                    replicated=rep_batch, order=order)
-    surrogate = copy.copy(model)
-    surrogate.structural = expansion
-    return surrogate
+    return model.with_structural(expansion)

@@ -160,7 +160,7 @@ def importance_summary(result: ImportanceSamplingResult, model: PopulationModel,
     from .posthoc import minus2ll_offset
     offset, n_density = minus2ll_offset(model, batch)
     summary = result.as_dict(n_density)
-    if model.error.log_scale:
+    if getattr(model, "log_scale_observations", False):
         summary["note"] = "on the log scale plus the Jacobian 2*sum(log DV), like minus2ll"
         summary["minus2ll"] += offset - n_density * math.log(2 * math.pi)
     return summary

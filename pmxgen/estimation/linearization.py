@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..models.nlme import NLMEModel, ObservedData
+from ..models.base import ObservedData, PopulationModel
 from ..models.parameters import PopulationValues
 from ..data.batching import SubjectBatch
 
@@ -63,7 +63,7 @@ class Linearization:
     W: torch.Tensor
 
 
-def linearize(model: NLMEModel, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch, *,
+def linearize(model: PopulationModel, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch, *,
               variance_at: torch.Tensor | None = None, create_graph: bool = False) -> Linearization:
     """:class:`Linearization` of ``model`` at η (variance at ``variance_at`` predictions if given)."""
     if not eta.requires_grad:
@@ -78,7 +78,7 @@ def linearize(model: NLMEModel, eta: torch.Tensor, values: PopulationValues, bat
     return Linearization(eta=eta, m=out[:, :j], v=out[:, j:], G=jac[:, :j], W=jac[:, j:])
 
 
-def inner_objective(model: NLMEModel, lin_m: torch.Tensor, lin_v: torch.Tensor, eta: torch.Tensor,
+def inner_objective(model: PopulationModel, lin_m: torch.Tensor, lin_v: torch.Tensor, eta: torch.Tensor,
                     omega: torch.Tensor, data: ObservedData) -> torch.Tensor:
     """``−2 log p(y_i|η_i) − 2 log p(η_i)`` per subject ``[N]`` from the moments at η (with constants)."""
     from ..models.base import gaussian_log_prior

@@ -24,7 +24,7 @@ import torch
 
 from ..data.batching import SubjectBatch
 from ..errors import EstimationError
-from ..models.nlme import NLMEModel, ObservedData
+from ..models.base import ObservedData, PopulationModel
 from ..models.parameters import PopulationValues
 from .expansion import DERIVATIVES, expanded_model, resolve_derivatives
 from .linearization import fisher_information, inner_objective, linearize
@@ -51,7 +51,7 @@ def log_two_pi_count(data: ObservedData) -> torch.Tensor:
     return data.normal.sum(-1).to(data.y.dtype)
 
 
-def variance_reference(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, method: str
+def variance_reference(model: PopulationModel, values: PopulationValues, batch: SubjectBatch, method: str
                        ) -> torch.Tensor | None:
     """Predictions at η = 0 for FOCE (residual variance without interaction); None otherwise."""
     if method != "foce":
@@ -82,7 +82,7 @@ def _logdet(matrix: torch.Tensor) -> torch.Tensor:
     return 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
 
 
-def _fo(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, data: ObservedData) -> SubjectObjective:
+def _fo(model: PopulationModel, values: PopulationValues, batch: SubjectBatch, data: ObservedData) -> SubjectObjective:
     n, k = batch.n_subjects, len(model.eta_names(batch))
     eta0 = torch.zeros(n, k, dtype=batch.dtype, device=batch.device, requires_grad=True)
     lin = linearize(model, eta0, values, batch, create_graph=True)
@@ -99,7 +99,7 @@ def _fo(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, data: O
     return SubjectObjective(ofv=ofv, curvature=None)
 
 
-def subject_objective(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, eta_hat: torch.Tensor,
+def subject_objective(model: PopulationModel, values: PopulationValues, batch: SubjectBatch, eta_hat: torch.Tensor,
                       method: str, *, derivatives: str = "auto", cache: dict | None = None) -> SubjectObjective:
     """Each subject's approximate −2 log-likelihood (OFV convention), differentiable in ``values``.
 
@@ -120,7 +120,7 @@ def _detached_values(values: PopulationValues) -> PopulationValues:
                             sigma={k: v.detach() for k, v in values.sigma.items()})
 
 
-def _subject_objective(model: NLMEModel, values: PopulationValues, batch: SubjectBatch, eta_hat: torch.Tensor,
+def _subject_objective(model: PopulationModel, values: PopulationValues, batch: SubjectBatch, eta_hat: torch.Tensor,
                        method: str, derivatives: str = "auto", cache: dict | None = None) -> SubjectObjective:
     if method not in METHODS:
         raise EstimationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

@@ -12,8 +12,9 @@ from ..diagnostics.residuals import epsilon_shrinkage, eta_shrinkage, nlme_resid
 from ..models.parameters import PopulationValues
 from .objective import log_two_pi_count
 
-__all__ = ["PosthocTables", "posthoc_tables", "observation_table", "individual_table", "minus2ll_offset",
-           "standard_errors", "draw_summaries", "estimate_messages", "common_result_fields"]
+__all__ = ["PosthocTables", "posthoc_tables", "generic_tables", "observation_table", "individual_table",
+           "minus2ll_offset", "standard_errors", "draw_summaries", "estimate_messages", "common_result_fields",
+           "network_summary", "tables_for"]
 
 _LOG2PI = math.log(2 * math.pi)
 
@@ -77,7 +78,7 @@ def minus2ll_offset(model, batch) -> tuple[float, int]:
     data_obs = model.observed(batch)
     n_density = int(log_two_pi_count(data_obs).sum())
     offset = n_density * _LOG2PI
-    if model.error.log_scale:
+    if model.log_scale_observations:
         offset += float(2.0 * data_obs.y[data_obs.normal].sum())
     return offset, n_density
 
@@ -134,3 +135,47 @@ def common_result_fields(model, data: Dataset, phi_hat: torch.Tensor, cov_result
         condition_number=float("nan") if cov_result is None else cov_result.condition_number,
         n_observations=int(data.n_observations), n_subjects=data.n_subjects, ids=tuple(data.ids),
         model_recipe=getattr(model, "recipe", None), data_recipe=data.recipe)
+
+
+def network_summary(model) -> dict:
+    """The FitResult field ``network_weights``: the model's current weights by name (None without networks)."""
+    from ..models.weights import weights_state
+    state = weights_state(model)
+    return {"network_weights": state or None}
+
+
+def generic_tables(model, data: Dataset, values: PopulationValues, eta_hat: torch.Tensor, extra: dict | None = None
+                   ) -> PosthocTables:
+    """Tables for any population model: PRED (η = 0), IPRED (at ``eta_hat``), RES = DV − IPRED per
+    observation, the η (and individual parameters where the model offers them) per subject, and η-shrinkage.
+
+    Models with Gaussian residuals get the full NONMEM tables from :func:`posthoc_tables` instead.
+    """
+    batch = data.batch
+    with torch.no_grad():
+        pred = model.predict(torch.zeros_like(eta_hat), values, batch)
+        ipred = model.predict(eta_hat, values, batch)
+    nan = torch.full_like(pred, float("nan"))
+    mask = batch.obs.mask
+    residuals = {"PRED": pred, "IPRED": ipred, "RES": torch.where(mask, batch.obs.dv - ipred, nan),
+                 "WRES": nan, "IWRES": nan, "CWRES": nan}
+    table = observation_table(data, residuals).drop(columns=["WRES", "IWRES", "CWRES"])
+    eta_names = model.eta_names(batch)
+    if callable(getattr(model, "individual_parameters", None)):
+        individual = individual_table(model, values, batch, eta_hat, data.ids, eta_names, extra)
+    else:
+        individual = pd.DataFrame({"ID": list(data.ids), **{f"ETA({name})": eta_hat[:, j].detach().cpu().numpy()
+                                                            for j, name in enumerate(eta_names)}, **(extra or {})})
+    omega_diag = torch.diagonal(model.omega_matrix(values, batch)).detach().cpu().numpy()
+    shrink = dict(zip(eta_names, eta_shrinkage(eta_hat.detach().cpu().numpy(), omega_diag).tolist()))
+    return PosthocTables(table, individual, shrink)
+
+
+def tables_for(model, data: Dataset, values: PopulationValues, eta_hat: torch.Tensor, extra: dict | None = None
+               ) -> PosthocTables:
+    """:func:`posthoc_tables` for models with the ``gaussian_residual`` and ``individual_parameters`` tiers,
+    :func:`generic_tables` otherwise."""
+    from ..models.base import capabilities
+    if {"gaussian_residual", "individual_parameters"} <= capabilities(model):
+        return posthoc_tables(model, data, values, eta_hat, extra_individual=extra)
+    return generic_tables(model, data, values, eta_hat, extra)

@@ -22,24 +22,23 @@ from __future__ import annotations
 
 import math
 import sys
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 import time
 import warnings
 from typing import Callable
 
-import numpy as np
 import torch
 
-from ..data.dataset import Dataset
 from ..errors import ConvergenceWarning, EstimationError
-from ..models.nlme import NLMEModel
+from .base import CliOption, Estimator, check_integer
 from .classical import COVARIANCE_INNER_TOL, approximate_objective, objective_covariance
 from .ebe import solve_ebes
 from .em_steps import EMParameters, sufficient_statistics
 from .importance import importance_sampling, importance_summary
 from .louis import louis_covariance
 from .mcmc import ConditionalTarget, KernelState, apply_kernels, sample_conditional, validate_kernels
-from .posthoc import common_result_fields, draw_summaries, estimate_messages, minus2ll_offset, posthoc_tables
+from .posthoc import common_result_fields, draw_summaries, estimate_messages, minus2ll_offset, tables_for
+from .registry import register_estimator
 from .results import FitResult
 
 __all__ = ["SAEM", "MCEM", "EM_COVARIANCE"]
@@ -48,10 +47,28 @@ __all__ = ["SAEM", "MCEM", "EM_COVARIANCE"]
 EM_COVARIANCE = ("louis", "linearization")
 
 
-class _EMEstimator(ABC):
-    """Options and the parts of a fit common to SAEM and MCEM."""
+#: Command-line options SAEM and MCEM share.
+_EM_CLI = (
+    CliOption("--covariance", "covariance", str,
+              "standard errors: louis (default) or linearization (FOCE-I R matrix); none skips them",
+              ("louis", "linearization", "none"), none_value="none"),
+    CliOption("--importance-samples", "importance_samples", int,
+              "draws per subject for the importance-sampling -2LL (default 1000)"),
+    CliOption("--chains", "n_chains", int, "MCMC chains per subject (default ceil(200/N))"),
+)
+
+
+class _EMEstimator(Estimator):
+    """Options and the parts of a fit common to SAEM and MCEM.
+
+    Needs Gaussian random effects (closed-form Ω and mu-referenced θ updates) and Gaussian
+    residuals (the EBEs and residual tables after the run); mu-referencing uses the model's
+    individual parameters when it offers them (otherwise every θ is updated numerically).
+    """
 
     method = "em"
+    requires = ("gaussian_random_effects", "gaussian_residual")
+    needs_random_effects = True
 
     def __init__(self, *, n_chains: int | None = None, kernels: dict | None = None, covariance: str | None = "louis",
                  importance_samples: int = 1000, importance_df: int = 4, posterior_draws: int = 500,
@@ -76,9 +93,7 @@ class _EMEstimator(ABC):
 
     def _validate(self, model, data) -> dict[str, int]:
         for name, low in self._integers():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise EstimationError(f"{type(self).__name__}: {name} must be an integer >= {low} (found {v!r})")
+            check_integer(type(self).__name__, name, getattr(self, name), low)
         if self.n_chains is not None and (isinstance(self.n_chains, bool) or not isinstance(self.n_chains, int)
                                           or self.n_chains < 1):
             raise EstimationError(f"n_chains must be a positive integer or None for automatic (found "
@@ -86,23 +101,7 @@ class _EMEstimator(ABC):
         if self.covariance is not None and self.covariance not in EM_COVARIANCE:
             raise EstimationError(f"covariance must be one of {', '.join(EM_COVARIANCE)} or None "
                                   f"(found {self.covariance!r})")
-        if self.cpu_threads is not None and (isinstance(self.cpu_threads, bool) or
-                                             not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
-            raise EstimationError(f"cpu_threads must be a positive integer or None (found {self.cpu_threads!r})")
-        kernels = validate_kernels(self.kernels)
-        if not isinstance(model, NLMEModel):
-            raise EstimationError(f"{self.method.upper()} needs an NLMEModel (found {type(model).__name__})")
-        if not isinstance(data, Dataset):
-            raise EstimationError(f"data must be a pmxgen Dataset (found {type(data).__name__}); use pmxgen.read_nonmem")
-        if data.n_observations == 0:
-            raise EstimationError("the data have no observations to fit")
-        if model.iov_names:
-            raise EstimationError(f"{self.method.upper()} does not handle inter-occasion variability yet "
-                                  f"({', '.join(model.iov_names)}); fit this model with method='focei'")
-        if len(model.eta_names(data.batch)) == 0:
-            raise EstimationError(f"{self.method.upper()} needs random effects (the model has none); fit a model "
-                                  f"without random effects with method='focei' (naive pooled)")
-        return kernels
+        return validate_kernels(self.kernels)
 
     def chains(self, n_subjects: int) -> int:
         """Chains per subject: by default enough for 200 subject-chains in all (Monolix's rule asks for
@@ -110,23 +109,15 @@ class _EMEstimator(ABC):
         return self.n_chains if self.n_chains is not None else max(1, math.ceil(200 / n_subjects))
 
     # ------------------------------------------------------------------- fit
-    def fit(self, model: NLMEModel, data: Dataset) -> FitResult:
-        """Estimate the parameters of ``model`` from ``data``; returns a frozen :class:`FitResult`."""
-        kernels = self._validate(model, data)
-        model.check(data)
-        previous = torch.get_num_threads()
-        if self.cpu_threads is not None and data.device.type == "cpu":
-            torch.set_num_threads(int(self.cpu_threads))
-        try:
-            started = time.perf_counter()
-            gen = torch.Generator(device=data.device)
-            gen.manual_seed(int(self.seed))
-            em = EMParameters(model, data.batch)
-            history: list[dict] = []
-            status, messages, state = self._run(model, data, em, kernels, gen, history)
-            return self._finish(model, data, em, kernels, state, status, messages, history, started)
-        finally:
-            torch.set_num_threads(previous)
+    def _fit(self, model, data) -> FitResult:
+        kernels = validate_kernels(self.kernels)
+        started = time.perf_counter()
+        gen = torch.Generator(device=data.device)
+        gen.manual_seed(int(self.seed))
+        em = EMParameters(model, data.batch)
+        history: list[dict] = []
+        status, messages, state = self._run(model, data, em, kernels, gen, history)
+        return self._finish(model, data, em, kernels, state, status, messages, history, started)
 
     @abstractmethod
     def _run(self, model, data, em, kernels, gen, history):
@@ -176,7 +167,7 @@ class _EMEstimator(ABC):
         elif self.covariance == "linearization":
             objective = approximate_objective(model, batch, "focei", inner_tol=COVARIANCE_INNER_TOL)
             cov_result = objective_covariance(ps, objective, phi_hat, modes, "R")
-        tables = posthoc_tables(model, data, values, modes, extra_individual=extra)
+        tables = tables_for(model, data, values, modes, extra)
         near, notes = estimate_messages(ps, phi_hat, is_dict)
         messages = list(messages) + em.messages[:5] + notes
         return FitResult(
@@ -188,12 +179,10 @@ class _EMEstimator(ABC):
             options=self._options(chains), posterior_draws=draws.cpu().numpy())
 
     def _options(self, chains: int) -> dict:
-        return {"method": self.method, "n_chains": chains, "kernels": dict(self.kernels),
-                "covariance": self.covariance, "importance_samples": self.importance_samples,
-                "importance_df": self.importance_df, "posterior_draws": self.posterior_draws, "seed": self.seed,
-                "cpu_threads": self.cpu_threads}
+        return {**self.options(), "n_chains": chains}
 
 
+@register_estimator
 class SAEM(_EMEstimator):
     """Stochastic approximation EM (Kuhn & Lavielle 2005), batched over subjects and chains.
 
@@ -235,7 +224,12 @@ class SAEM(_EMEstimator):
     ('saem', 'converged', 100)
     """
 
-    method = "saem"
+    method = name = "saem"
+    summary = "stochastic approximation EM (as Monolix, nlmixr2) with batched MCMC"
+    cli_options = _EM_CLI + (
+        CliOption("--n-explore", "n_explore", int, "exploratory iterations (default 300)"),
+        CliOption("--n-smooth", "n_smooth", int, "smoothing iterations (default 200)"),
+    )
 
     def __init__(self, *, n_explore: int = 300, n_smooth: int = 200, step_exponent: float = 1.0,
                  annealing: float | None = 0.95, **options):
@@ -289,11 +283,7 @@ class SAEM(_EMEstimator):
                     f"subject; acceptance " + ", ".join(f"{k} {v:.2f}" for k, v in state.acceptance().items())]
         return "converged", messages, state
 
-    def _options(self, chains):
-        return {**super()._options(chains), "n_explore": self.n_explore, "n_smooth": self.n_smooth,
-                "step_exponent": self.step_exponent, "annealing": self.annealing}
-
-
+@register_estimator
 class MCEM(_EMEstimator):
     """Monte Carlo EM with the same batched MCMC kernels and M-step as :class:`SAEM`.
 
@@ -323,7 +313,9 @@ class MCEM(_EMEstimator):
     'mcem'
     """
 
-    method = "mcem"
+    method = name = "mcem"
+    summary = "Monte Carlo EM with growing MCMC samples"
+    cli_options = _EM_CLI + (CliOption("--max-iter", "max_iter", int, "EM iterations (default 100)"),)
 
     def __init__(self, *, max_iter: int = 100, initial_draws: int = 10, max_draws: int = 200, growth: float = 1.2,
                  burn_in: int = 5, tol: float = 5e-3, **options):
@@ -390,6 +382,3 @@ class MCEM(_EMEstimator):
             warnings.warn(f"MCEM did not converge: {messages[0]}", ConvergenceWarning, stacklevel=3)
         return status, messages, state
 
-    def _options(self, chains):
-        return {**super()._options(chains), "max_iter": self.max_iter, "initial_draws": self.initial_draws,
-                "max_draws": self.max_draws, "growth": self.growth, "burn_in": self.burn_in, "tol": self.tol}

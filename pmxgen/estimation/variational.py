@@ -32,20 +32,20 @@ import warnings
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..data.dataset import Dataset
 from ..errors import ConvergenceWarning, EstimationError
 from ..generative.flows import AffineFlow, ComposedFlow, FlowDistribution, build_flow
-from ..models.base import PopulationModel
-from ..models.nlme import NLMEModel
+from ..models.base import capabilities, require_capabilities
+from .base import CliOption, Estimator, check_integer, check_positive
 from .classical import COVARIANCE_INNER_TOL, approximate_objective, objective_covariance
 from .ebe import solve_ebes
 from .encoder import SubjectEncoder
 from .importance import importance_sampling_from_draws, importance_summary
 from .objective import subject_objective
-from .posthoc import common_result_fields, draw_summaries, estimate_messages, minus2ll_offset, posthoc_tables
+from .posthoc import common_result_fields, draw_summaries, estimate_messages, minus2ll_offset, network_summary, tables_for
+from .registry import register_estimator
 from .results import FitResult
 
 __all__ = ["VariationalEM", "POSTERIORS", "BOUNDS"]
@@ -57,7 +57,8 @@ BOUNDS = ("elbo", "iwae")
 _LOG2PI = math.log(2 * math.pi)
 
 
-class VariationalEM:
+@register_estimator
+class VariationalEM(Estimator):
     """Variational EM with Gaussian, normalizing-flow or amortized (encoder) posteriors.
 
     Parameters
@@ -93,11 +94,17 @@ class VariationalEM:
     elbo_samples : int
         Draws per subject for the final ELBO.
     importance_samples, importance_df : int
-        Draws per subject and Student-t degrees of freedom of the importance-sampling −2LL.
+        Draws per subject and Student-t degrees of freedom of the importance-sampling −2LL;
+        ``importance_samples=0`` skips it, and the result then has no OFV/−2LL (ELBO only; the
+        reason is in ``FitResult.unavailable``).
     posterior_draws : int
         Draws per subject from q stored in ``FitResult.posterior_draws``.
     covariance : {"linearization"} or None
-        Standard errors from 2R⁻¹ of the FOCE-I objective at the estimates (NLME models); None skips.
+        Standard errors from 2R⁻¹ of the FOCE-I objective at the estimates (models with Gaussian
+        residuals and random effects; conditional on network weights if any); None skips.
+    weight_decay : float
+        Models with network weights (optimised with Adam together with everything else):
+        ``weight_decay · ‖w‖²`` is subtracted from the bound (a Gaussian prior on the weights).
     seed : int
         Same seed, same result.
     progress, progress_every, cpu_threads
@@ -125,7 +132,28 @@ class VariationalEM:
     True
     """
 
-    method = "vem"
+    method = name = "vem"
+    summary = "variational EM: Gaussian, normalizing-flow or amortized (encoder) posteriors; ELBO or IWAE"
+    requires = ()
+    supports_network_weights = True
+    needs_random_effects = True
+    cli_options = (
+        CliOption("--covariance", "covariance", str,
+                  "standard errors: linearization (default; FOCE-I R matrix); none skips them",
+                  ("linearization", "none"), none_value="none"),
+        CliOption("--importance-samples", "importance_samples", int,
+                  "draws per subject for the importance-sampling -2LL (default 1000; 0: ELBO only)"),
+        CliOption("--max-iter", "max_iter", int, "gradient steps (default 1000)"),
+        CliOption("--posterior", "posterior", str, "each subject's posterior family (default gaussian)", POSTERIORS),
+        CliOption("--flow", "flow", str, "--posterior flow: the flow, e.g. affine+planar*4; default affine+coupling*4 "
+                                         "(affine+radial*4 for one random effect)"),
+        CliOption("--bound", "bound", str, "the bound maximised (default elbo)", BOUNDS),
+        CliOption("--vem-samples", "n_samples", int, "draws per subject per gradient step (default 8)"),
+        CliOption("--refine-iter", "refine_iter", int,
+                  "--posterior amortized: per-subject refinement steps after the encoder fit (default 0)"),
+        CliOption("--weight-decay", "weight_decay", float,
+                  "models with network weights: penalty weight_decay*|w|^2 on the bound (default 0)"),
+    )
 
     def __init__(self, *, posterior: str = "gaussian", flow: str | None = None, bound: str = "elbo",
                  n_samples: int = 8, max_iter: int = 1000, learning_rate: float | None = None,
@@ -133,7 +161,7 @@ class VariationalEM:
                  encoder_layers: int = 2, refine_iter: int = 0, elbo_samples: int = 200,
                  importance_samples: int = 1000, importance_df: int = 4, posterior_draws: int = 500,
                  covariance: str | None = "linearization", seed: int = 0, progress: bool | Callable = False,
-                 progress_every: int = 100, cpu_threads: int | None = 1):
+                 progress_every: int = 100, cpu_threads: int | None = 1, weight_decay: float = 0.0):
         self.posterior = posterior
         self.flow = flow
         self.bound = bound
@@ -154,6 +182,7 @@ class VariationalEM:
         self.progress = progress
         self.progress_every = progress_every
         self.cpu_threads = cpu_threads
+        self.weight_decay = weight_decay
         self.posterior_ = None
         self.encoder_ = None
         self.values_ = None
@@ -162,11 +191,12 @@ class VariationalEM:
     def _validate(self, model, data) -> None:
         name = type(self).__name__
         for key, low in (("n_samples", 1), ("max_iter", 1), ("encoder_hidden", 1), ("encoder_layers", 1),
-                         ("refine_iter", 0), ("elbo_samples", 2), ("importance_samples", 2), ("importance_df", 1),
+                         ("refine_iter", 0), ("elbo_samples", 2), ("importance_samples", 0), ("importance_df", 1),
                          ("posterior_draws", 2), ("progress_every", 1)):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise EstimationError(f"{name}: {key} must be an integer >= {low} (found {v!r})")
+            check_integer(name, key, getattr(self, key), low)
+        if self.importance_samples == 1:
+            raise EstimationError(f"{name}: importance_samples must be 0 (skip: ELBO only) or >= 2")
+        check_positive(name, "weight_decay", self.weight_decay, allow_zero=True)
         for key in ("learning_rate", "final_learning_rate"):
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
@@ -181,27 +211,13 @@ class VariationalEM:
             raise EstimationError(f"{name}: init must be 'ebe' or 'prior' (found {self.init!r})")
         if self.covariance not in (None, "linearization"):
             raise EstimationError(f"{name}: covariance must be 'linearization' or None (found {self.covariance!r})")
-        if self.cpu_threads is not None and (isinstance(self.cpu_threads, bool) or
-                                             not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
-            raise EstimationError(f"cpu_threads must be a positive integer or None (found {self.cpu_threads!r})")
-        if not isinstance(model, PopulationModel):
-            raise EstimationError(f"VEM needs a PopulationModel (found {type(model).__name__})")
-        if not isinstance(data, Dataset):
-            raise EstimationError(f"data must be a pmxgen Dataset (found {type(data).__name__}); use pmxgen.read_nonmem")
-        if data.n_observations == 0:
-            raise EstimationError("the data have no observations to fit")
-        if getattr(model, "iov_names", ()):
-            raise EstimationError(f"VEM does not handle inter-occasion variability yet "
-                                  f"({', '.join(model.iov_names)}); fit this model with method='focei'")
-        if len(model.eta_names(data.batch)) == 0:
-            raise EstimationError("VEM needs random effects (the model has none); fit a model without random "
-                                  "effects with method='focei' (naive pooled)")
-        if self.covariance is not None and not isinstance(model, NLMEModel):
-            raise EstimationError(f"covariance='linearization' needs an NLMEModel (found {type(model).__name__}); "
-                                  f"pass covariance=None")
-        if self.init == "ebe" and not isinstance(model, NLMEModel):
-            raise EstimationError(f"init='ebe' needs an NLMEModel (found {type(model).__name__}); pass init='prior'")
-        if self.posterior == "flow":
+        if self.covariance is not None:
+            require_capabilities(model, ("gaussian_residual", "gaussian_random_effects"),
+                                 "VEM with covariance='linearization' (pass covariance=None otherwise)")
+        if self.init == "ebe":
+            require_capabilities(model, ("gaussian_residual", "gaussian_random_effects"),
+                                 "VEM with init='ebe' (pass init='prior' otherwise)")
+        if self.posterior == "flow" and isinstance(data, Dataset):
             k = len(model.eta_names(data.batch))
             build_flow(self._flow_spec(k), k, ())      # raises on a bad specification
 
@@ -219,19 +235,6 @@ class VariationalEM:
         return float(first), float(final)
 
     # ------------------------------------------------------------------- fit
-    def fit(self, model: PopulationModel, data: Dataset) -> FitResult:
-        """Estimate the parameters of ``model`` and the subjects' posteriors from ``data``."""
-        self._validate(model, data)
-        if hasattr(model, "check"):
-            model.check(data)
-        previous = torch.get_num_threads()
-        if self.cpu_threads is not None and data.device.type == "cpu":
-            torch.set_num_threads(int(self.cpu_threads))
-        try:
-            return self._fit(model, data)
-        finally:
-            torch.set_num_threads(previous)
-
     def encode(self, data: Dataset | object) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean ``[N, K]`` and Cholesky factor ``[N, K, K]`` of q(η) for (new) subjects, by the
         fitted encoder (``posterior="amortized"`` only): one forward pass, no optimisation."""
@@ -311,7 +314,8 @@ class VariationalEM:
         s = int(self.n_samples)
         rep = batch.repeat(s) if s > 1 else batch
         first, final = self._learning_rates()
-        optimizer = torch.optim.Adam([x] + posterior_parameters, lr=first)
+        weights = list(model.networks.parameters())
+        optimizer = torch.optim.Adam([x] + posterior_parameters + weights, lr=first)
         decay = (final / first) ** (1.0 / max(n_iter - 1, 1))
         schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
         trace, skipped = [], 0
@@ -323,6 +327,8 @@ class VariationalEM:
             log_p = model.log_likelihood(flat, values, rep) + model.log_prior(flat, values, rep)
             log_w = log_p.reshape(s, n) - log_q
             bound = _bound(log_w, self.bound)
+            if weights and self.weight_decay:
+                bound = bound - float(self.weight_decay) * sum((w * w).sum() for w in weights)
             optimizer.zero_grad()
             if not torch.isfinite(bound):
                 skipped += 1
@@ -402,45 +408,50 @@ class VariationalEM:
                                  iwae_se=float(torch.sqrt((iw.var(0) / groups).sum())) if groups > 1 else float("nan"),
                                  iwae_samples=int(self.n_samples))
             # importance sampling with the same flow pushed from a Student-t base
-            draws, log_q_t = FlowDistribution(flow, base="student_t", df=float(self.importance_df)).rsample(
-                int(self.importance_samples), generator=gen)
-            isr = importance_sampling_from_draws(model, values, batch, draws, log_q_t, df=int(self.importance_df))
+            isr = None
+            if self.importance_samples:
+                draws, log_q_t = FlowDistribution(flow, base="student_t", df=float(self.importance_df)).rsample(
+                    int(self.importance_samples), generator=gen)
+                isr = importance_sampling_from_draws(model, values, batch, draws, log_q_t,
+                                                     df=int(self.importance_df))
             post, _ = FlowDistribution(flow).rsample(int(self.posterior_draws), generator=gen)
-        is_dict = _importance_summary(isr, model, batch)
-        minus2ll, ofv = float(is_dict["minus2ll"]), float(is_dict["ofv"])
+        unavailable = {}
+        if isr is not None:
+            is_dict = _importance_summary(isr, model, batch)
+            minus2ll, ofv = float(is_dict["minus2ll"]), float(is_dict["ofv"])
+        else:
+            is_dict, minus2ll, ofv = None, None, None
+            reason = "variational fit with importance_samples=0: ELBO only (no likelihood estimate)"
+            unavailable.update(ofv=reason, minus2ll=reason)
         eta_names = tuple(model.eta_names(batch))
         cond_mean, cond_cov, extra = draw_summaries(post, eta_names)
 
         cov_result = None
-        if isinstance(model, NLMEModel):
+        if {"gaussian_residual", "gaussian_random_effects"} <= capabilities(model):
             modes = solve_ebes(model, values, batch, cond_mean, max_iter=100, tol=1e-10).eta
             if self.covariance == "linearization":
                 objective = approximate_objective(model, batch, "focei", inner_tol=COVARIANCE_INNER_TOL)
                 cov_result = objective_covariance(ps, objective, phi_hat, modes, "R")
         else:
             modes = cond_mean
-        if isinstance(model, NLMEModel):
-            tables = posthoc_tables(model, data, values, modes, extra_individual=extra)
-            observations, individual, shrinkage = tables.observations, tables.individual, tables.shrinkage
-        else:
-            observations, individual, shrinkage = _generic_tables(model, data, values, modes, eta_names, extra)
+            messages.append("individual estimates are the posterior means of q (the model has no Gaussian-residual "
+                            "tier for modes)")
+        tables = tables_for(model, data, values, modes, extra)
         near, notes = estimate_messages(ps, phi_hat, is_dict)
         messages = list(messages) + notes
         return FitResult(
             method=self.method, **common_result_fields(model, data, phi_hat, cov_result, self.covariance),
             ofv=ofv, minus2ll=minus2ll, eta_names=eta_names, ebe=modes.detach().cpu().numpy(),
-            ebe_covariance=cond_cov.cpu().numpy(), observations=observations, individual=individual,
-            shrinkage=shrinkage, history=tuple(history), status=status, messages=tuple(messages),
+            ebe_covariance=cond_cov.cpu().numpy(), observations=tables.observations, individual=tables.individual,
+            shrinkage=tables.shrinkage, history=tuple(history), status=status, messages=tuple(messages),
             near_bounds=tuple(near), importance_sampling=is_dict, elapsed_seconds=time.perf_counter() - started,
-            options=self._options(k), posterior_draws=post.cpu().numpy(), elbo=elbo_dict)
+            options=self._options(k), posterior_draws=post.cpu().numpy(), elbo=elbo_dict,
+            unavailable=unavailable, **network_summary(model))
 
     def _options(self, k: int) -> dict:
         first, final = self._learning_rates()
-        keys = ("posterior", "flow", "bound", "n_samples", "max_iter", "init",
-                "encoder_hidden", "encoder_layers", "refine_iter", "elbo_samples", "importance_samples",
-                "importance_df", "posterior_draws", "covariance", "seed", "cpu_threads")
-        return {"method": self.method, **{key: getattr(self, key) for key in keys}, "learning_rate": first,
-                "final_learning_rate": final, "flow_spec": self._flow_spec(k) if self.posterior == "flow" else None}
+        return {**self.options(), "learning_rate": first, "final_learning_rate": final,
+                "flow_spec": self._flow_spec(k) if self.posterior == "flow" else None}
 
 
 # -------------------------------------------------------------------- helpers
@@ -488,39 +499,13 @@ def _log_weights(model, values, batch, eta: torch.Tensor, log_q: torch.Tensor, c
 
 def _log_scale_jacobian(model, batch) -> float:
     """Σ log DV for log-scale error models (the −2LL is reported on the DV scale), else 0."""
-    error = getattr(model, "error", None)
-    if error is None or not getattr(error, "log_scale", False):
+    if not getattr(model, "log_scale_observations", False):
         return 0.0
     offset, n_density = minus2ll_offset(model, batch)
     return 0.5 * (offset - n_density * _LOG2PI)
 
 
 def _importance_summary(result, model, batch) -> dict:
-    if isinstance(model, NLMEModel):
+    if "gaussian_residual" in capabilities(model):
         return importance_summary(result, model, batch)
     return result.as_dict(int(batch.obs.mask.sum()))
-
-
-def _generic_tables(model, data: Dataset, values, eta_hat: torch.Tensor, eta_names, extra: dict):
-    """Observation and subject tables for a population model that is not an NLMEModel: PRED (η = 0),
-    IPRED (η at the posterior mode or mean) and RES = DV − IPRED."""
-    batch = data.batch
-    with torch.no_grad():
-        pred = model.predict(torch.zeros_like(eta_hat), values, batch)
-        ipred = model.predict(eta_hat, values, batch)
-    mask = batch.obs.mask.cpu().numpy()
-    ids = np.asarray(data.ids, dtype=object)
-    subject = np.nonzero(mask)[0]
-    dv = batch.obs.dv.cpu().numpy()[mask]
-    observations = pd.DataFrame({"ID": ids[subject].tolist(), "TIME": batch.obs.time.cpu().numpy()[mask], "DV": dv,
-                                 "CMT": batch.obs.cmt.cpu().numpy()[mask], "PRED": pred.cpu().numpy()[mask],
-                                 "IPRED": ipred.cpu().numpy()[mask], "RES": dv - ipred.cpu().numpy()[mask],
-                                 "ROW": batch.obs.row.cpu().numpy()[mask]})
-    observations = observations.sort_values("ROW", kind="stable").reset_index(drop=True)
-    individual = pd.DataFrame({"ID": list(data.ids),
-                               **{f"ETA({name})": eta_hat[:, j].cpu().numpy() for j, name in enumerate(eta_names)},
-                               **extra})
-    omega_sd = torch.sqrt(torch.diagonal(model.omega_matrix(values, batch))).cpu().numpy()
-    sd = eta_hat.cpu().numpy().std(0)
-    shrinkage = {name: float(1 - sd[j] / omega_sd[j]) for j, name in enumerate(eta_names)}
-    return observations, individual, shrinkage

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -11,7 +10,7 @@ import torch
 from ..data.batching import SubjectBatch
 from ..errors import DatasetError, DatasetWarning, ModelError
 from ..structural.base import DOSE_PARAMETER, StructuralModel
-from .base import PopulationModel
+from .base import ObservedData, PopulationModel
 from .parameters import ParameterSet, PopulationValues, Theta, omega_blocks
 from .residual_error import ResidualError, censored_neg2ll, normal_neg2ll, residual_error
 
@@ -20,21 +19,6 @@ __all__ = ["NLMEModel", "ObservedData", "IndividualModel"]
 #: ``individual(theta, eta, covariates) -> {parameter: [N] tensor}``.
 IndividualModel = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]],
                            Mapping[str, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class ObservedData:
-    """Observations on the likelihood scale: ``y``, ``mask`` (used), ``blq`` (M3) and ``lloq``, ``[N, J]``."""
-
-    y: torch.Tensor
-    mask: torch.Tensor
-    blq: torch.Tensor
-    lloq: torch.Tensor
-
-    @property
-    def normal(self) -> torch.Tensor:
-        """Observations that contribute a density (not BLQ)."""
-        return self.mask & ~self.blq
 
 
 class NLMEModel(PopulationModel):
@@ -65,6 +49,11 @@ class NLMEModel(PopulationModel):
         that occasion's parameters, and each observation takes the prediction of its own
         occasion: exact when each occasion starts from a reset (EVID 3/4, SS=1) or a washout.
     name : str, optional
+    networks : torch.nn.Module or dict of them, optional
+        Network weights that are population parameters (e.g. an MLP used inside
+        ``individual``): estimators that support weights (FO…Laplace, VEM) optimise them with θ,
+        Ω and σ; results report their count and norm and store them (safetensors). Held in
+        float64 in :attr:`networks`.
 
     Observations flagged BLQ in the data contribute P(y < LLOQ) (Beal's M3).
 
@@ -84,11 +73,12 @@ class NLMEModel(PopulationModel):
     """
 
     def __init__(self, structural: StructuralModel, *, theta, omega=None, error="additive",
-                 individual: IndividualModel | None = None, iov=None, name: str | None = None):
+                 individual: IndividualModel | None = None, iov=None, name: str | None = None, networks=None):
         if not isinstance(structural, StructuralModel):
             raise ModelError(f"structural must be a StructuralModel (found {type(structural).__name__}); "
                              f"use pmxgen.get_model(name)")
         self.structural = structural
+        self.networks = networks
         if isinstance(theta, Mapping):
             thetas = [Theta.from_spec(k, v) for k, v in theta.items()]
         elif isinstance(theta, Sequence) and all(isinstance(t, Theta) for t in theta):
@@ -181,6 +171,17 @@ class NLMEModel(PopulationModel):
         if clone.recipe is not None:
             clone.recipe = {**clone.recipe, "fixed": sorted(set(clone.recipe.get("fixed", ())) | set(values))}
         return clone
+
+    def with_structural(self, structural: StructuralModel) -> "NLMEModel":
+        """A shallow copy of this model with another structural model (e.g. a Taylor expansion of it)."""
+        clone = copy.copy(self)
+        clone.structural = structural
+        return clone
+
+    @property
+    def log_scale_observations(self) -> bool:
+        """Whether the likelihood is on the log scale of DV (exponential error)."""
+        return self.error.log_scale
 
     # --------------------------------------------------------------- η layout
     def n_occasions(self, batch: SubjectBatch) -> int:

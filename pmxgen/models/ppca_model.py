@@ -239,9 +239,9 @@ class PPCAModel(PopulationModel):
 
     Notes
     -----
-    Beyond the abstract contract the model provides what NLME estimators use — ``observed``,
-    ``moments``, ``observation_neg2ll``, ``error`` (a :class:`PPCANoise`), ``iiv_names``,
-    ``iov_names`` (empty) and ``check`` — plus the exact :meth:`log_marginal` and
+    Beyond the base contract the model offers the ``gaussian_residual`` tier (``observed``,
+    ``moments``, ``observation_neg2ll``, ``log_scale_observations``) and the
+    ``individual_parameters`` tier (the scores), and ``check`` — plus the exact :meth:`log_marginal` and
     :meth:`posterior`. θ, Ω and σ may carry one leading subject dimension ``[N]`` (per-subject
     values, as the estimators use for per-subject gradients) or none.
 
@@ -261,6 +261,8 @@ class PPCAModel(PopulationModel):
     """
 
     iov_names: tuple[str, ...] = ()
+    #: PPCA's likelihood is on the scale of the data (the ``gaussian_residual`` tier).
+    log_scale_observations = False
 
     def __init__(self, mean, components, noise_variance: float = 1.0, *, identify: bool = False,
                  name: str | None = None):

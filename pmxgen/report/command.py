@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import UsageError
+
 __all__ = ["register"]
 
 
@@ -18,10 +20,10 @@ def _bins(text: str | None):
     try:
         values = [float(t) for t in items]
     except ValueError:
-        raise SystemExit(f"pmxgen: --bins expects a number of bins or comma-separated edges, got {text!r}") from None
+        raise UsageError(f"--bins expects a number of bins or comma-separated edges, got {text!r}") from None
     if len(values) == 1:
         if values[0] != int(values[0]) or values[0] < 1:
-            raise SystemExit(f"pmxgen: --bins {text!r}: a number of bins must be a whole number >= 1")
+            raise UsageError(f"--bins {text!r}: a number of bins must be a whole number >= 1")
         return int(values[0])
     return values
 
@@ -42,11 +44,11 @@ def _run(args) -> int:
     try:
         run = load_run(source, data=data)
     except FileNotFoundError as exc:
-        raise SystemExit(f"pmxgen: {exc}") from None
+        raise UsageError(f"{exc}") from None
     except ValueError as exc:        # not a FitResult file (PmxgenErrors go to main's handler)
         if isinstance(exc, PmxgenError):
             raise
-        raise SystemExit(f"pmxgen: {source}: {exc}") from None
+        raise UsageError(f"{source}: {exc}") from None
     pred_corr = {"both": None, "vpc": False, "pcvpc": True}[args.vpc]
     print(f"Diagnosing {source} with {args.simulations} simulated replicates", file=sys.stderr, flush=True)
     paths = write_report(run, args.output, n_simulations=args.simulations, seed=args.seed, bins=bins,

@@ -33,14 +33,18 @@ def results_summary(fit: FitResult) -> dict:
                        "message": fit.covariance_message, "condition_number": fit.condition_number},
         "importance_sampling": fit.importance_sampling,
         "shrinkage": fit.shrinkage,
-        "ebe": {str(i): dict(zip(fit.eta_names, map(float, row))) for i, row in zip(fit.ids, fit.ebe)},
+        "ebe": None if fit.ebe is None else {str(i): dict(zip(fit.eta_names, map(float, row)))
+                                             for i, row in zip(fit.ids, fit.ebe)},
+        "unavailable": dict(fit.unavailable),
+        "network_weights": {"count": fit.n_network_weights, "norm": fit.network_weight_norm},
         "elapsed_seconds": fit.elapsed_seconds,
     })
 
 
 def write_fit(fit: FitResult, directory: str | Path) -> list[Path]:
     """Write ``results.json``, ``fit.json`` (lossless), ``observations.csv``, ``subjects.csv``,
-    ``parameters.csv`` and ``summary.txt`` into ``directory``; returns the paths."""
+    ``parameters.csv`` and ``summary.txt`` into ``directory`` (and ``fit.weights.safetensors`` for a
+    model with network weights); returns the paths."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "fit.json", out / "observations.csv", out / "subjects.csv",
@@ -51,6 +55,8 @@ def write_fit(fit: FitResult, directory: str | Path) -> list[Path]:
     fit.individual.to_csv(paths[3], index=False)
     fit.parameter_table().to_csv(paths[4], index=False)
     paths[5].write_text(fit.summary() + "\n")
+    if fit.network_weights:
+        paths.append(out / "fit.weights.safetensors")     # written by fit.to_json beside fit.json
     return paths
 
 

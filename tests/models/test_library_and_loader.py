@@ -147,10 +147,16 @@ def test_load_model_file_defining_neither(tmp_path):
 
 
 def test_load_model_file_that_raises(tmp_path):
-    f = write(tmp_path, "bad.py", "raise RuntimeError('boom')\n")
-    with pytest.raises(ModelError, match="failed to run: RuntimeError: boom") as info:
+    f = write(tmp_path, "bad.py", "import math\nx = 1\nraise RuntimeError('boom')\n")
+    with pytest.raises(ModelError, match="failed to run at line 3 .*: RuntimeError: boom") as info:
         load_model_file(f)
-    assert str(f) in str(info.value)
+    assert str(f) in str(info.value) and "raise RuntimeError('boom')" in str(info.value)
+
+
+def test_load_model_file_whose_model_is_invalid_names_the_line(tmp_path):
+    f = write(tmp_path, "bad_iiv.py", "import pmxgen\n\nmodel = pmxgen.build_model('1cmt_oral', iiv=('KA', 'BAD'))\n")
+    with pytest.raises(ModelError, match="at line 3 .*iiv names \\['BAD'\\]"):
+        load_model_file(f)
 
 
 def test_load_model_file_whose_build_raises(tmp_path, theoph):
