@@ -17,7 +17,7 @@ from .estimation.results import FitResult
 from .models.base import PopulationModel
 from .models.parameters import PopulationValues
 
-__all__ = ["Run", "load_run", "fitted_values", "model_from_recipe", "data_from_recipe"]
+__all__ = ["Run", "load_run", "fitted_values", "apply_network_weights", "model_from_recipe", "data_from_recipe"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,20 @@ def fitted_values(model: PopulationModel, fit: FitResult, dtype: torch.dtype = t
                          f"({fit.model_name!r}) than {model.name!r}")
     phi = torch.tensor([float(fit.estimates[n]) for n in ps.names], dtype=dtype, device=device)
     return ps.unpack(phi)
+
+
+def apply_network_weights(model: PopulationModel, fit: FitResult) -> None:
+    """Set ``model``'s network weights to the fitted ones (names and shapes must match; no-op without weights).
+
+    Raises :class:`~pmxgen.errors.ModelError` when the fit has weights the model lacks, or the
+    reverse (a model rebuilt differently from the one fitted).
+    """
+    from .models.weights import load_weights_state, weights_state
+    if fit.network_weights:
+        load_weights_state(model, fit.network_weights)
+    elif weights_state(model):
+        raise ModelError(f"the model has network weights but the fit ({fit.model_name!r}) stores none: it was made "
+                         f"with another model")
 
 
 def model_from_recipe(recipe: dict | None, data=None) -> PopulationModel:
@@ -150,6 +164,7 @@ def load_run(source, *, model: PopulationModel | None = None, data=None, device=
         raise ModelError(f"the data ({data.source}, {data.n_subjects} subjects) are not the fitted data "
                          f"({fit.data_source}, {fit.n_subjects} subjects)")
     values = fitted_values(model, fit, dtype=data.dtype, device=data.device)
+    apply_network_weights(model, fit)
     eta_names = tuple(model.eta_names(data.batch))
     if eta_names != tuple(fit.eta_names):
         raise ModelError(f"the model's random effects {eta_names} differ from the fit's {tuple(fit.eta_names)}")
