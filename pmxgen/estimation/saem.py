@@ -12,6 +12,9 @@ parameters with the M-step of :mod:`.em_steps`:
   M-step maximises the Monte Carlo average of the complete-data likelihood; it stops when
   the parameters change less than ``tol`` (relative) on three successive iterations.
 
+Both end with a status from :data:`EM_STATUSES` (``converged``, ``max_iterations`` or ``failed``)
+and messages; SAEM judges its run by :func:`saem_convergence` (rule in :class:`SAEM`).
+
 After the run (both): draws from each subject's conditional distribution at the estimates
 give the conditional means and SDs (and ``FitResult.posterior_draws``), the modes are solved
 by Newton (the EBEs), the −2LL comes from importance sampling with a t proposal matched to
@@ -41,10 +44,170 @@ from .posthoc import common_result_fields, draw_summaries, estimate_messages, mi
 from .registry import register_estimator
 from .results import FitResult
 
-__all__ = ["SAEM", "MCEM", "EM_COVARIANCE"]
+__all__ = ["SAEM", "MCEM", "EM_COVARIANCE", "EM_STATUSES", "saem_convergence"]
 
 #: Standard-error methods of the EM estimators.
 EM_COVARIANCE = ("louis", "linearization")
+
+#: Statuses an EM fit can end with.
+EM_STATUSES = ("converged", "max_iterations", "failed")
+
+#: SAEM convergence rule (see :func:`saem_convergence` and the :class:`SAEM` docstring):
+#: iterations the judged part of each phase needs at least,
+SAEM_MIN_WINDOW = 20
+#: effective sample size the smoothing average must reach (Monte Carlo error ≤ spread/√ESS),
+SAEM_MIN_ESS = 10.0
+#: and a parameter "still moves" when the means of the two halves of a window differ by more
+#: than SAEM_DRIFT_SPREAD within-half standard deviations and SAEM_DRIFT_Z Monte Carlo SEs.
+SAEM_DRIFT_SPREAD = 2.5
+SAEM_DRIFT_Z = 3.0
+_BATCHES = 10
+
+
+def _long_run_variance(x: np.ndarray, n_batches: int) -> np.ndarray:
+    """Per column of ``x`` ``[T, P]``: the variance of the mean times T (batch means, ``n_batches``
+    equal batches of the last rows), never below the plain variance."""
+    size = len(x) // n_batches
+    rows = x[len(x) - size * n_batches:]
+    means = rows.reshape(n_batches, size, -1).mean(1)
+    return np.maximum(size * means.var(0, ddof=1), x.var(0, ddof=1))
+
+
+def _half_drift(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Difference of the means of the second and first half of ``x`` ``[T, P]`` (T even, ≥ 20), its
+    Monte Carlo SE (batch means, 5 batches per half) and the within-half standard deviation."""
+    h = len(x) // 2
+    a, b = x[:h], x[h:2 * h]
+    se = np.sqrt((_long_run_variance(a, 5) + _long_run_variance(b, 5)) / h)
+    spread = np.sqrt(0.5 * (a.var(0, ddof=1) + b.var(0, ddof=1)))
+    return b.mean(0) - a.mean(0), se, spread
+
+
+def saem_convergence(trajectory: np.ndarray, names: list[str], n_explore: int,
+                     step_exponent: float = 1.0) -> tuple[str, list[str], dict]:
+    """Status (``converged`` or ``max_iterations``), messages and per-parameter diagnostics of a SAEM run.
+
+    Parameters
+    ----------
+    trajectory : ndarray
+        ``[n_explore + n_smooth, P]``: the estimated parameters (natural scale) after each iteration.
+    names : list of str
+        The P parameter names.
+    n_explore : int
+        Iterations of the exploration phase (the first rows).
+    step_exponent : float
+        α of the smoothing steps ``γ_k = k^(−α)``.
+
+    Returns
+    -------
+    status : str
+        ``converged`` or ``max_iterations``.
+    messages : list of str
+        What was measured; on ``max_iterations`` the first message names the parameters and the fix.
+    diagnostics : dict
+        Per parameter: ``ess`` (effective sample size of the smoothing average), ``mc_se`` (its
+        Monte Carlo SE), ``explore_z``/``explore_drift`` and ``smooth_z``/``smooth_drift`` (half-window
+        mean differences in Monte Carlo SEs and in within-half SDs).
+
+    Notes
+    -----
+    The rule is documented in :class:`SAEM`. In the smoothing phase each parameter moves
+    ``φ_k = φ_{k−1} + γ_k (x_k − φ_{k−1})`` towards the value ``x_k`` the current draws alone would
+    give (exactly for the numerically updated parameters and the statistics, to first order in γ
+    for the closed-form ones), so ``x_k`` is recovered from the trajectory, and the final estimate
+    is ``Σ w_k x_k`` with ``w_k = γ_k Π_{j>k}(1 − γ_j)`` (the plain average for α = 1).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> flat = 1.0 + 0.01 * rng.standard_normal((100, 1))
+    >>> saem_convergence(flat, ["CL"], n_explore=50)[0]
+    'converged'
+    >>> trend = flat + np.linspace(0, 0.5, 100)[:, None]
+    >>> status, messages, _ = saem_convergence(trend, ["CL"], n_explore=50)
+    >>> status, messages[0][:39]
+    ('max_iterations', 'CL still moved in the exploration phase')
+    """
+    x_all = np.asarray(trajectory, dtype=float)
+    n_smooth = len(x_all) - n_explore
+    if n_explore < SAEM_MIN_WINDOW or n_smooth < SAEM_MIN_WINDOW:
+        return "max_iterations", [f"{n_explore} exploratory and {n_smooth} smoothing iterations are too few to judge "
+                                  f"convergence (each phase needs {SAEM_MIN_WINDOW}: the parameters' trends and "
+                                  f"Monte Carlo error cannot be measured); raise n_explore and n_smooth"], {}
+    explore, smooth = x_all[:n_explore], x_all[n_explore:]
+    gamma = np.arange(1, n_smooth + 1, dtype=float) ** (-float(step_exponent))
+    previous = np.vstack([explore[-1:], smooth[:-1]])
+    instant = previous + (smooth - previous) / gamma[:, None]
+    weights = gamma * np.concatenate([np.cumprod((1.0 - gamma)[:0:-1])[::-1], [1.0]])
+    variance = instant.var(0, ddof=1)
+    lrv = _long_run_variance(instant, _BATCHES)
+    mc_se = np.sqrt(lrv * np.sum(weights ** 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ess = np.where(lrv > 0, variance / (lrv * np.sum(weights ** 2)), np.inf)
+    window = max(SAEM_MIN_WINDOW, n_explore // 2) // 2 * 2
+    d_e, se_e, sp_e = _half_drift(explore[-window:])
+    d_s, se_s, sp_s = _half_drift(instant[len(instant) % 2:])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_e, r_e = d_e / se_e, d_e / sp_e
+        z_s, r_s = d_s / se_s, d_s / sp_s
+
+    def moving(d, z, r):
+        return [j for j in range(len(names)) if d[j] != 0 and abs(z[j]) > SAEM_DRIFT_Z
+                and abs(r[j]) > SAEM_DRIFT_SPREAD]
+
+    diagnostics = {name: {"ess": float(ess[j]), "mc_se": float(mc_se[j]), "explore_z": float(z_e[j]),
+                          "explore_drift": float(r_e[j]), "smooth_z": float(z_s[j]), "smooth_drift": float(r_s[j])}
+                   for j, name in enumerate(names)}
+    final = x_all[-1]
+
+    def rel(j, value):
+        return f"{100 * value / abs(final[j]):.2g} %" if final[j] != 0 else f"{value:.3g}"
+
+    problems = []
+    still = moving(d_e, z_e, r_e)
+    if still:
+        problems.append(f"{', '.join(names[j] for j in still)} still moved in the exploration phase (mean of the "
+                        f"last {window // 2} iterations minus that of the {window // 2} before: "
+                        + ", ".join(f"{names[j]} {d_e[j]:+.4g} = {r_e[j]:+.1f} SD" for j in still)
+                        + "); raise n_explore")
+    still = moving(d_s, z_s, r_s)
+    if still:
+        problems.append(f"{', '.join(names[j] for j in still)} still moved in the smoothing phase (second half "
+                        f"minus first half of the smoothing iterations: "
+                        + ", ".join(f"{names[j]} {d_s[j]:+.4g} = {r_s[j]:+.1f} SD" for j in still)
+                        + "); raise n_explore and n_smooth")
+    noisy = [j for j in range(len(names)) if ess[j] < SAEM_MIN_ESS]
+    if noisy:
+        problems.append(f"the Monte Carlo error of {', '.join(names[j] for j in noisy)} is large (effective sample "
+                        f"size of the smoothing average " + ", ".join(f"{names[j]} {ess[j]:.1f}" for j in noisy)
+                        + f" < {SAEM_MIN_ESS:g}); raise n_smooth or n_chains")
+    worst = int(np.argmin(ess))
+    summary = (f"smoothing average: smallest effective sample size {ess[worst]:.0f} ({names[worst]}, Monte Carlo SE "
+               f"{rel(worst, mc_se[worst])}); largest half-window drift {np.nanmax(np.abs(r_e)):.1f} SD in "
+               f"exploration, {np.nanmax(np.abs(r_s)):.1f} SD in smoothing")
+    if problems:
+        return "max_iterations", problems + [summary], diagnostics
+    return "converged", [summary], diagnostics
+
+
+def _nonfinite_names(names: list[str], phi: torch.Tensor) -> list[str]:
+    """The names of the non-finite entries of ``phi``."""
+    bad = ~torch.isfinite(phi.detach())
+    return [names[j] for j in range(len(names)) if bool(bad[j])]
+
+
+def _subjects_without_likelihood(model, em: EMParameters, rep, eta: torch.Tensor, chains: int,
+                                 ids: list) -> list:
+    """IDs of the subjects whose log-likelihood is not finite in any of their chains at the current estimates."""
+    with torch.no_grad():
+        density = ConditionalTarget(model, em.values(), rep).log_density(eta)
+    finite = torch.isfinite(density).reshape(chains, -1).any(0)
+    return [ids[i] for i in range(len(ids)) if not bool(finite[i])]
+
+
+def _failure_message(names: list[str], iteration: int) -> str:
+    return (f"{', '.join(names)} became non-finite at iteration {iteration}; the estimates are those of the "
+            f"iteration before. Check the model (e.g. parameters that can overflow) and the initial estimates")
 
 
 #: Command-line options SAEM and MCEM share.
@@ -158,6 +321,11 @@ class _EMEstimator(Estimator):
         offset, _ = minus2ll_offset(model, batch)
         minus2ll = float(is_dict["minus2ll"])
         ofv = minus2ll - offset
+        if not math.isfinite(minus2ll) and status != "failed":
+            messages = [f"the importance-sampling -2LL is not finite at the final estimates ({minus2ll}); check the "
+                        f"model and the data"] + list(messages)
+            status = "failed"
+            warnings.warn(f"{self.method.upper()} failed: {messages[0]}", ConvergenceWarning, stacklevel=3)
 
         cov_result = None
         if self.covariance == "louis":
@@ -214,6 +382,40 @@ class SAEM(_EMEstimator):
     progress, progress_every, cpu_threads
         As for :class:`~pmxgen.estimation.ClassicalEstimator`.
 
+    Notes
+    -----
+    **Status** (one of :data:`EM_STATUSES`; a :class:`~pmxgen.errors.ConvergenceWarning` unless
+    ``converged``), judged from the run itself by :func:`saem_convergence`:
+
+    * ``failed``: a parameter became non-finite (the message names it; the estimates are those
+      of the iteration before), or some subject's log-likelihood is not finite in any of its
+      chains at the final estimates, or the importance-sampling −2LL is not finite.
+    * ``max_iterations`` when either phase has fewer than ``SAEM_MIN_WINDOW`` = 20 iterations
+      (too few to measure a trend or a Monte Carlo error), or when a parameter still moves:
+      over the last half of the exploration phase (at least 20 iterations), or over the
+      smoothing phase (on the values ``x_k`` each iteration's draws alone would give, recovered
+      from ``φ_k = φ_{k−1} + γ_k (x_k − φ_{k−1})``), the means of the second and first half
+      differ by more than ``SAEM_DRIFT_SPREAD`` = 2.5 within-half standard deviations *and*
+      ``SAEM_DRIFT_Z`` = 3 Monte Carlo SEs (batch means, 5 batches per half), or when the
+      smoothing average has an effective sample size below ``SAEM_MIN_ESS`` = 10 (its Monte
+      Carlo SE is then above 1/√10 of the draws' spread). The message names the parameters and
+      says what to raise (n_explore, n_smooth or n_chains).
+    * ``converged`` otherwise.
+
+    Thresholds, measured on the bundled data (``largest drift`` in within-half SDs, smallest
+    ESS): stationary runs, theophylline 60+40, 100+80 and 300+200 iterations (5 seeds each)
+    ≤ 1.5 SD, ESS ≥ 16; sim_1cmt_oral_1000 and the linear-Gaussian test model ≤ 1.3 SD;
+    sim_2cmt_iv_infusion 100+80 and 300+200 ≤ 2.4 SD, ESS ≥ 12. Still-trending runs
+    (theophylline with Ω started 30× too large, annealed by ≤ 5 % per iteration, 20–60
+    exploratory iterations) 2.7–3.4 SD with z > 3. A drift statistic alone is heavy-tailed
+    (a stationary 300+200 theophylline run gave z = 6.9 at 0.7 SD), hence both conditions.
+    The ESS bound keeps the Monte Carlo error small next to the standard errors: the spread of
+    the per-iteration values is at most about SE/(2√n_chains) (missing-information principle),
+    so ESS ≥ 10 gives a Monte Carlo SE below about 0.16 SE. Slow excursions of parameters
+    that are not mu-referenced count as movement: on sim_1cmt_oral_wt with the defaults
+    (seed 1) WT_ON_CL wanders by about one SE over ~100 exploratory iterations and the run
+    ends ``max_iterations``.
+
     Examples
     --------
     >>> import pmxgen
@@ -261,6 +463,8 @@ class SAEM(_EMEstimator):
         state = KernelState(eta=torch.zeros(chains * n, k, dtype=batch.dtype, device=batch.device))
         s1 = s2 = None
         total = self.n_explore + self.n_smooth
+        trajectory = np.empty((total, len(em.ps.names)))
+        failure = None
         for it in range(total):
             exploring = it < self.n_explore
             gamma = 1.0 if exploring else (it - self.n_explore + 1) ** (-float(self.step_exponent))
@@ -269,6 +473,7 @@ class SAEM(_EMEstimator):
             # adaptive scales in the exploration phase only: adaptation that never stops would
             # bias the chains' stationary distribution
             apply_kernels(target, state, kernels, gen, adapt=exploring)
+            phi_before, eta_before = em.phi, state.eta
             z = state.eta.reshape(chains, n, k) + em.mean_vector()
             new1, new2 = sufficient_statistics(z)
             s1 = new1 if s1 is None else s1 + gamma * (new1 - s1)
@@ -277,11 +482,37 @@ class SAEM(_EMEstimator):
             state.eta = state.eta - shift
             # one Newton step from the current values per iteration: the stochastic approximation
             # averages the steps, as it averages the statistics
-            em.move_numeric(em.numeric_optimum(state.eta, rep, weights=1.0 / chains, max_iter=1), gamma)
+            bad = _nonfinite_names(em.ps.names, em.phi)
+            if not bad:
+                step = em.numeric_optimum(state.eta, rep, weights=1.0 / chains, max_iter=1)
+                try:
+                    em.move_numeric(step, gamma)
+                except EstimationError:
+                    bad = [name for name, v in zip(em.numeric_names, step.tolist()) if not math.isfinite(v)] or \
+                        list(em.numeric_names)
+            if bad:
+                em.phi, state.eta = phi_before, eta_before
+                failure = _failure_message(bad, it + 1)
+                break
+            trajectory[it] = em.phi.detach().cpu().numpy()
             self._record(history, em, it, "explore" if exploring else "smooth")
         messages = [f"{self.n_explore} exploratory and {self.n_smooth} smoothing iterations, {chains} chain(s) per "
                     f"subject; acceptance " + ", ".join(f"{k} {v:.2f}" for k, v in state.acceptance().items())]
-        return "converged", messages, state
+        if failure is None:
+            lost = _subjects_without_likelihood(model, em, rep, state.eta, chains, data.ids)
+            if lost:
+                failure = (f"the log-likelihood is not finite at the final estimates for subject(s) "
+                           f"{', '.join(map(str, lost[:10]))}{' ...' if len(lost) > 10 else ''} in every chain; "
+                           f"check the model and the data of these subjects")
+        if failure is not None:
+            status, found = "failed", [failure]
+        else:
+            status, found, _ = saem_convergence(trajectory, list(em.ps.names), self.n_explore,
+                                                float(self.step_exponent))
+        messages = found + messages
+        if status != "converged":
+            warnings.warn(f"SAEM did not converge: {messages[0]}", ConvergenceWarning, stacklevel=3)
+        return status, messages, state
 
 @register_estimator
 class MCEM(_EMEstimator):
@@ -300,7 +531,9 @@ class MCEM(_EMEstimator):
         Sweeps before collecting the draws of an iteration (the chains are warm).
     tol : float
         Converged when every estimated parameter changes by less than ``tol`` relative
-        (``|Δ| ≤ tol·max(|φ|, 0.01)``) on three successive iterations.
+        (``|Δ| ≤ tol·max(|φ|, 0.01)``) on three successive iterations; ``max_iterations`` when
+        ``max_iter`` is reached first, ``failed`` when a parameter or a subject's log-likelihood
+        becomes non-finite (a :class:`~pmxgen.errors.ConvergenceWarning` unless ``converged``).
     Other parameters as :class:`SAEM`.
 
     Examples
@@ -308,9 +541,9 @@ class MCEM(_EMEstimator):
     >>> import pmxgen
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> fit = MCEM(max_iter=15, importance_samples=200, posterior_draws=50, seed=1).fit(model, data)
-    >>> fit.method
-    'mcem'
+    >>> fit = MCEM(max_iter=15, importance_samples=200, posterior_draws=50, seed=1).fit(model, data)  # too few
+    >>> fit.method, fit.status, len(fit.history)
+    ('mcem', 'max_iterations', 15)
     """
 
     method = name = "mcem"
@@ -348,6 +581,7 @@ class MCEM(_EMEstimator):
         state = KernelState(eta=torch.zeros(chains * n, k, dtype=batch.dtype, device=batch.device))
         calm, status = 0, "max_iterations"
         reps = {}
+        failure = None
         for it in range(self.max_iter):
             m = min(self.max_draws, int(math.ceil(self.initial_draws * self.growth ** it)))
             target = ConditionalTarget(model, em.values(), rep)
@@ -361,14 +595,25 @@ class MCEM(_EMEstimator):
             draws = torch.stack(collected)                                   # [m, C·N, K]
             z = draws.reshape(m * chains, n, k) + em.mean_vector()
             s1, s2 = sufficient_statistics(z)
-            before = em.phi.clone()
+            before, eta_before = em.phi.clone(), state.eta
             shift = em.closed_form_update(s1, s2)
-            state.eta = state.eta - shift
-            draws = draws - shift
-            rows = m * chains
-            if rows not in reps:
-                reps[rows] = batch.repeat(rows)
-            em.move_numeric(em.numeric_optimum(draws.reshape(rows * n, k), reps[rows], weights=1.0 / rows), 1.0)
+            bad = _nonfinite_names(em.ps.names, em.phi)
+            if not bad:
+                state.eta = state.eta - shift
+                draws = draws - shift
+                rows = m * chains
+                if rows not in reps:
+                    reps[rows] = batch.repeat(rows)
+                step = em.numeric_optimum(draws.reshape(rows * n, k), reps[rows], weights=1.0 / rows)
+                try:
+                    em.move_numeric(step, 1.0)
+                except EstimationError:
+                    bad = [name for name, v in zip(em.numeric_names, step.tolist()) if not math.isfinite(v)] or \
+                        list(em.numeric_names)
+            if bad:
+                em.phi, state.eta = before, eta_before
+                failure = _failure_message(bad, it + 1)
+                break
             self._record(history, em, it, f"draws={m}")
             change = (em.phi - before).abs() / torch.clamp(before.abs(), min=1e-2)
             calm = calm + 1 if float(change.max()) < self.tol else 0
@@ -376,9 +621,19 @@ class MCEM(_EMEstimator):
                 status = "converged"
                 break
         messages = [f"{len(history)} iterations, up to {m} draws per subject and chain, {chains} chain(s)"]
-        if status != "converged":
+        if failure is None:
+            lost = _subjects_without_likelihood(model, em, rep, state.eta, chains, data.ids)
+            if lost:
+                failure = (f"the log-likelihood is not finite at the final estimates for subject(s) "
+                           f"{', '.join(map(str, lost[:10]))}{' ...' if len(lost) > 10 else ''} in every chain; "
+                           f"check the model and the data of these subjects")
+        if failure is not None:
+            status = "failed"
+            messages.insert(0, failure)
+        elif status != "converged":
             messages.insert(0, f"parameters still changed by more than tol={self.tol} after {self.max_iter} "
                                f"iterations; raise max_iter or max_draws")
+        if status != "converged":
             warnings.warn(f"MCEM did not converge: {messages[0]}", ConvergenceWarning, stacklevel=3)
         return status, messages, state
 
