@@ -191,7 +191,7 @@ def _eta_tensor(sim: SimulatedData) -> torch.Tensor:
 
 @pytest.mark.parametrize("spec", [{"additive": 0.3}, {"proportional": 0.2}, {"additive": 0.3, "proportional": 0.2}])
 def test_eta_and_residual_moments_match_omega_and_sigma(spec):
-    """Closed-form model: mean and covariance of η match Ω, residuals match σ² (SD spec squared), within MC error."""
+    """Closed-form model: η mean and covariance match Ω, residuals match σ² (the SDs squared), within MC error."""
     names = ["KA", "CL", "V"]
     cov = np.array([[0.16, 0.0, 0.0], [0.0, 0.09, 0.036], [0.0, 0.036, 0.04]])
     n = 4000
