@@ -1,7 +1,4 @@
 """Reloading a fitted run (FitResult + model + data) from a results folder: pmxgen.load_run."""
-import doctest
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -19,12 +16,6 @@ def theoph_fit(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     pmxgen.report.write_fit(fit, folder)
     return fit, folder
-
-
-def test_docstring_examples():
-    module = importlib.import_module("pmxgen.runs")
-    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert tried > 0 and failures == 0
 
 
 def test_reloaded_run_reproduces_the_fit(theoph_fit):

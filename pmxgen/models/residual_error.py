@@ -90,32 +90,60 @@ class ResidualError:
     def variance(self, f: torch.Tensor, sigma: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Residual variance on the likelihood scale for predictions ``f [N, J]`` (original scale).
 
-        σ values may be 0-d or ``[N]`` (one per subject).
+        σ values may be 0-d or ``[N]`` (one per subject). The variance is floored at
+        ``VARIANCE_FLOOR`` so that the likelihood stays finite (e.g. proportional error at f = 0).
         """
+        return self._variance(f, sigma).clamp_min(VARIANCE_FLOOR)
+
+    @staticmethod
+    def _sigma(sigma: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+        """σ² ``name``, shaped to broadcast against ``[N, J]`` predictions."""
+        v = sigma[name]
+        return v[..., None] if v.dim() == 1 else v
+
+    def _variance(self, f: torch.Tensor, sigma: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The residual variance without the floor (exactly 0 where the model says 0)."""
         def s(name):
-            v = sigma[name]
-            return v[..., None] if v.dim() == 1 else v
+            return self._sigma(sigma, name)
 
         if self.kind == "additive":
-            v = s("ADD") * torch.ones_like(f)
-        elif self.kind == "proportional":
-            v = s("PROP") * f * f
-        elif self.kind == "combined":
-            v = s("ADD") + s("PROP") * f * f
-        elif self.kind == "combined_sd":
-            v = (torch.sqrt(s("ADD")) + torch.sqrt(s("PROP")) * torch.abs(f)) ** 2
-        else:
-            v = s("EXP") * torch.ones_like(f)
-        return v.clamp_min(VARIANCE_FLOOR)
+            return s("ADD") * torch.ones_like(f)
+        if self.kind == "proportional":
+            return s("PROP") * f * f
+        if self.kind == "combined":
+            return s("ADD") + s("PROP") * f * f
+        if self.kind == "combined_sd":
+            return (torch.sqrt(s("ADD")) + torch.sqrt(s("PROP")) * torch.abs(f)) ** 2
+        return s("EXP") * torch.ones_like(f)
 
     def sample(self, f: torch.Tensor, sigma: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
                ) -> torch.Tensor:
-        """Observations drawn around predictions ``f`` (original scale)."""
+        """Observations drawn around predictions ``f`` (original scale), the distribution of :meth:`variance`.
+
+        One standard normal array ε ``f.shape`` is drawn from ``generator``, scaled by the residual
+        SD on the likelihood scale (without the floor: a zero variance gives ``f`` itself). The
+        ``combined`` model draws two, as NONMEM's ``Y = F + F·EPS(1) + EPS(2)``: first the
+        proportional ε₁, then the additive ε₂, so ``y = f + f·σ_PROP·ε₁ + σ_ADD·ε₂`` (variance
+        ``σ²_ADD + σ²_PROP f²``).
+
+        Examples
+        --------
+        >>> err = ResidualError("proportional")
+        >>> f = torch.tensor([[0.0, 10.0]], dtype=torch.float64)
+        >>> y = err.sample(f, {"PROP": torch.tensor(0.04, dtype=torch.float64)}, torch.Generator().manual_seed(0))
+        >>> float(y[0, 0])                    # no variance at f = 0: exactly f
+        0.0
+        """
+        if self.kind == "combined":
+            z_prop = torch.randn(f.shape, generator=generator, dtype=f.dtype, device=f.device)
+            z_add = torch.randn(f.shape, generator=generator, dtype=f.dtype, device=f.device)
+            sd_prop, sd_add = torch.sqrt(self._sigma(sigma, "PROP")), torch.sqrt(self._sigma(sigma, "ADD"))
+            return f + f * (sd_prop * z_prop) + sd_add * z_add
         z = torch.randn(f.shape, generator=generator, dtype=f.dtype, device=f.device)
-        v = self.variance(f, sigma)
+        sd = torch.sqrt(self._variance(f, sigma).clamp_min(0.0))
         if self.log_scale:
-            return torch.exp(self.transform(f) + torch.sqrt(v) * z)
-        return f + torch.sqrt(v) * z
+            return torch.exp(self.transform(f) + sd * z)
+        return f + sd * z
 
 
 _DEFAULT_INIT = {

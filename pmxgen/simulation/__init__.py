@@ -1,8 +1,9 @@
 """Simulation: study designs, simulated datasets with known truth, counterfactual dosing.
 
 :func:`design_frame` builds a NONMEM-format design; :func:`simulate_dataset` fills its
-DVs from a structural model with log-normal inter-individual variability and combined
-residual error, keeping the true parameters in :class:`SimulatedData`.
+DVs from a population model (``sample_eta``, ``sample_y``): an NLME model built from a
+structural model with log-normal inter-individual variability and residual error SDs, or any
+:class:`~pmxgen.models.PopulationModel` at given values, keeping the truth in :class:`SimulatedData`.
 
 Counterfactual dosing of a fitted run: :class:`Regimen` (constructors, text form
 ``"500 mg q12h x14"``, :func:`regimen_grid`), :func:`simulate_population` (virtual subjects,

@@ -136,6 +136,25 @@ def test_sample_is_reproducible_with_a_generator():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_combined_sample_draws_proportional_then_additive_epsilon():
+    """Y = F + F·EPS(1) + EPS(2) as NONMEM: two standard normal arrays, proportional first."""
+    f = torch.as_tensor(F, dtype=T)
+    y = ResidualError("combined").sample(f, sigma_for("combined"), generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    eps1, eps2 = torch.randn(f.shape, generator=gen, dtype=T), torch.randn(f.shape, generator=gen, dtype=T)
+    torch.testing.assert_close(y, f + f * math.sqrt(PROP) * eps1 + math.sqrt(ADD) * eps2, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["additive", "proportional", "combined", "combined_sd"])
+def test_sample_without_variance_is_the_prediction(kind):
+    """The variance floor keeps the likelihood finite; sampling with zero variance returns f exactly."""
+    f = torch.as_tensor(F, dtype=T)
+    sigma = {k: torch.zeros_like(v) for k, v in sigma_for(kind).items()}
+    assert torch.equal(ResidualError(kind).sample(f, sigma, generator=torch.Generator().manual_seed(0)), f)
+    zero = torch.zeros(2, 3, dtype=T)               # proportional error at f = 0 (an oral dose time)
+    assert torch.equal(ResidualError("proportional").sample(zero, sigma_for("proportional")), zero)
+
+
 def test_normal_neg2ll_matches_scipy():
     rng = np.random.default_rng(0)
     y, mean = rng.normal(size=50), rng.normal(size=50)
