@@ -184,8 +184,10 @@ class FitResult:
         if self.elbo:
             e = self.elbo
             lines.append(f"  ELBO: {e['elbo']:.4f} +/- {e['se']:.4f} (MC SE; -2*ELBO = {-2 * e['elbo']:.4f})")
-        lines += ["", "Parameters", self.parameter_table().to_string(index=False, float_format=lambda v: f"{v:.5g}"),
-                  "", "Shrinkage (SD-based, %)"]
+        from .variability import CV_NOTE, with_cv_percent
+        lines += ["", "Parameters", with_cv_percent(self.parameter_table()).to_string(
+                      index=False, float_format=lambda v: f"{v:.5g}"),
+                  "  " + CV_NOTE, "", "Shrinkage (SD-based, %)"]
         lines.append("  " + "  ".join(f"{k}: {100 * v:.1f}" for k, v in self.shrinkage.items()))
         return "\n".join(lines)
 
