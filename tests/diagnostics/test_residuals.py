@@ -202,3 +202,17 @@ def test_foce_fit_reports_cwres_with_variance_at_eta_zero():
     got = fit.observations["CWRES"].to_numpy()
     np.testing.assert_allclose(got, foce[order], rtol=1e-8, atol=1e-10)
     assert np.abs(got - inter[order]).max() > 1e-2
+
+
+def test_pheno_focei_fit_reports_nonmem_cwres():
+    """pmxgen's own FOCE-I fit of pheno (from the $THETA/$OMEGA/$SIGMA of pheno_real.mod): same OFV as
+    NONMEM, and the CWRES in FitResult.observations equal NONMEM's within the small estimate differences."""
+    ref = json.loads(REFERENCE.read_text())
+    data = pmxgen.datasets.load("pheno")
+    initial = {"THETA(1)": 0.00469307, "THETA(2)": 1.00916, "THETA(3)": 0.1, "OMEGA(1,1)": 0.0309626,
+               "OMEGA(2,2)": 0.031128, "SIGMA(1,1)": 0.013241}
+    fit = pmxgen.fit(_pheno_model(initial), data, method="focei", covariance=None, cpu_threads=1)
+    assert fit.ofv == pytest.approx(ref["ofv"], abs=1e-3)
+    cwres = fit.observations["CWRES"].to_numpy()                  # file order = the NONMEM table's order
+    np.testing.assert_allclose(fit.observations["TIME"], ref["observations"]["TIME"])
+    np.testing.assert_allclose(cwres, ref["observations"]["CWRES"], atol=5e-4)
