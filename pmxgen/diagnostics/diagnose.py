@@ -73,8 +73,11 @@ class Diagnostics:
                 data.n_blq, "covariates": ", ".join(data.covariate_names) or "none"}
 
     def parameter_table(self) -> pd.DataFrame:
-        """``FitResult.parameter_table()`` with the shrinkage (%) of each Ω diagonal and σ element."""
-        table = self.fit.parameter_table()
+        """``FitResult.parameter_table()`` with ``cv_percent`` beside the estimate (Ω diagonal as the %CV
+        of a log-normal parameter, ``100·√(exp(ω²) − 1)``, :mod:`pmxgen.estimation.variability`) and the
+        shrinkage (%) of each Ω diagonal and σ element."""
+        from ..estimation.variability import with_cv_percent
+        table = with_cv_percent(self.fit.parameter_table())
         shrink = []
         for name in table["parameter"]:
             value = float("nan")

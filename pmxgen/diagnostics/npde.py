@@ -10,6 +10,11 @@ under the model, see :func:`~pmxgen.diagnostics.simulate.simulate_replicates`) a
    the npde package);
 3. ``npde_j = Φ⁻¹(pde_j)``.
 
+The Cholesky factor is the npde method's (Brendel 2006; the npde package's default
+``decorr.method = "cholesky"``) and is kept here on purpose, although WRES and CWRES
+(:mod:`.residuals`) are whitened with the symmetric inverse square root as NONMEM does: NPDE
+are compared with the npde package, WRES/CWRES with NONMEM.
+
 NPD use the same steps without decorrelation (``pd``, then ``npd = Φ⁻¹(pd)``). Under the model,
 NPDE are independent N(0, 1); NPD are N(0, 1) marginally but correlated within a subject.
 

@@ -319,7 +319,7 @@ class ClassicalEstimator(Estimator):
                                       df=int(self.importance_df), seed=self.seed)
             is_dict = importance_summary(isr, model, batch)
 
-        tables = posthoc_tables(model, data, values, eta_hat)
+        tables = posthoc_tables(model, data, values, eta_hat, variance_at=ref)  # CWRES: V at η = 0 for FOCE
         eta_names = model.eta_names(batch)
         eta_np = eta_hat.detach().cpu().numpy()
         near, notes = estimate_messages(ps, phi_hat)

@@ -59,10 +59,14 @@ def individual_table(model, values: PopulationValues, batch, eta_hat: torch.Tens
 
 
 def posthoc_tables(model, data: Dataset, values: PopulationValues, eta_hat: torch.Tensor,
-                   extra_individual: dict | None = None) -> PosthocTables:
-    """Residuals (PRED … CWRES), individual table and SD-based η/ε shrinkage at ``eta_hat``."""
+                   extra_individual: dict | None = None, variance_at: torch.Tensor | None = None) -> PosthocTables:
+    """Residuals (PRED … CWRES), individual table and SD-based η/ε shrinkage at ``eta_hat``.
+
+    ``variance_at``: predictions at η = 0 for a fit without interaction (FOCE), whose CWRES take
+    the residual variance there (see :func:`~pmxgen.diagnostics.residuals.nlme_residuals`).
+    """
     batch = data.batch
-    residuals = nlme_residuals(model, values, batch, eta_hat)
+    residuals = nlme_residuals(model, values, batch, eta_hat, variance_at=variance_at)
     table = observation_table(data, residuals)
     eta_names = model.eta_names(batch)
     eta_np = eta_hat.detach().cpu().numpy()

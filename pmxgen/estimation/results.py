@@ -225,7 +225,9 @@ class FitResult:
         if self.elbo:
             e = self.elbo
             lines.append(f"  ELBO: {e['elbo']:.4f} +/- {e['se']:.4f} (MC SE; -2*ELBO = {-2 * e['elbo']:.4f})")
-        lines += ["", "Parameters", self.parameter_table().to_string(index=False, float_format=lambda v: f"{v:.5g}")]
+        from .variability import CV_NOTE, with_cv_percent
+        lines += ["", "Parameters", with_cv_percent(self.parameter_table()).to_string(
+                      index=False, float_format=lambda v: f"{v:.5g}"), "  " + CV_NOTE]
         if self.network_weights:
             lines.append(f"  network weights: {self.n_network_weights} (norm {self.network_weight_norm:.4g}) in "
                          f"{len(self.network_weights)} tensors")

@@ -30,6 +30,7 @@ import time
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import ConvergenceWarning, EstimationError

@@ -4,6 +4,14 @@ Sections: run information, data summary, status checklist, parameter table (esti
 RSE %, 95 % CI, shrinkage), simulation diagnostics (NPDE tests, shrinkage, VPC coverage) and
 the figures of :meth:`pmxgen.diagnostics.Diagnostics.figures`. The page loads nothing from
 outside itself (no scripts, fonts or links), so it can be mailed or archived as it is.
+
+Every figure carries alt text (its section and what each panel plots, from the panels' titles
+and axis labels) and a numbered caption that says in words what it shows, with the quantities
+named and spelled out (DV, PRED, IPRED, CWRES, IWRES, NPDE, EBE, VPC, pcVPC), so the page is
+readable without the images. The parameter table shows Ω diagonal elements also as %CV
+(``cv_percent``, exact for log-normal η: ``100·√(exp(ω²) − 1)``; see
+:mod:`pmxgen.estimation.variability`). CWRES are NONMEM's (symmetric whitening, see
+:mod:`pmxgen.diagnostics.residuals`); NPDE the npde package's (Cholesky decorrelation).
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["render_html", "write_report", "write_tables", "SECTIONS"]
+__all__ = ["render_html", "write_report", "write_tables", "describe_figure", "SECTIONS", "DESCRIPTIONS"]
 
 #: Ids and titles of the fixed sections of the report, in order.
 SECTIONS = (("run", "Run information"), ("data", "Data summary"), ("status", "Status checklist"),
@@ -49,6 +57,74 @@ NOTES = {
                        "predictions (PRED).",
     "Convergence": "Parameter values (Ω, σ as variances) and objective over the iterations of the estimator.",
 }
+
+
+#: What each figure section shows, in words (the caption under each of its figures).
+DESCRIPTIONS = {
+    "Goodness of fit": "Observations (DV) against population predictions (PRED, η = 0) and individual "
+                       "predictions (IPRED, at the EBEs); conditional weighted residuals (CWRES, NONMEM's "
+                       "definition) against time and against PRED. CWRES should scatter evenly around 0, "
+                       "mostly within ±1.96.",
+    "Residuals and NPDE": "Absolute individual weighted residuals (|IWRES|) against IPRED; normal QQ plots of the "
+                          "conditional weighted residuals (CWRES) and of the normalised prediction distribution "
+                          "errors (NPDE); NPDE against time. Under the model CWRES and NPDE are about N(0, 1) and "
+                          "the QQ points lie on the identity line.",
+    "Random effects": "Histograms of the empirical Bayes estimates (EBEs) of each random effect η, with the "
+                      "N(0, ω²) density of the model.",
+    "Random effects vs covariates": "EBEs of each random effect η against each baseline covariate; a trend "
+                                    "suggests a covariate effect not in the model.",
+    "Visual predictive check": "Visual predictive check (VPC): observed 5th, 50th and 95th percentiles of DV "
+                               "per time bin against the median and 95 % interval of the same percentiles over "
+                               "the simulated replicates.",
+    "Prediction-corrected VPC": "Prediction-corrected visual predictive check (pcVPC): as the VPC, with "
+                                "observations and simulations scaled by median(PRED in bin)/PRED.",
+    "Individual fits": "Observations (DV), individual predictions (IPRED) and population predictions (PRED) "
+                       "against time, one panel per subject.",
+    "Convergence": "Objective function value (OFV) and parameter values over the iterations of the estimator.",
+}
+
+
+def _panel(ax) -> str | None:
+    """What one axes plots: its title (with '(Y vs X)' when the title does not name Y), else 'Y vs X'
+    (histograms: 'histogram of X')."""
+    if not ax.get_visible() or not ax.has_data():
+        return None
+    title, x, y = ax.get_title().strip(), ax.get_xlabel().strip(), ax.get_ylabel().strip()
+    if title:
+        return f"{title} ({y} vs {x})" if x and y and y not in title else title
+    if y == "density" and x:
+        return f"histogram of {x}"
+    if x and y:
+        return f"{y} vs {x}"
+    return x or y or None
+
+
+def describe_figure(name: str, fig, page: str = "") -> tuple[str, str]:
+    """(alt text, caption) of a report figure of section ``name``.
+
+    The alt text lists the panels (titles, or axis labels); the caption says in words what the
+    section's figures show (:data:`DESCRIPTIONS`).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> fig, axes = plt.subplots(1, 2)
+    >>> _ = axes[0].plot([0, 1], [1, 0]), axes[0].set_title("CWRES vs time")
+    >>> _ = axes[1].hist([0.1, 0.2]), axes[1].set_xlabel("ETA(CL)"), axes[1].set_ylabel("density")
+    >>> alt, caption = describe_figure("Goodness of fit", fig)
+    >>> alt
+    'Goodness of fit: CWRES vs time; histogram of ETA(CL)'
+    >>> caption.startswith("Goodness of fit. Observations (DV) against population predictions")
+    True
+    >>> plt.close(fig)
+    """
+    panels = [p for p in (_panel(ax) for ax in fig.axes) if p]
+    head = f"{name}{page}"
+    alt = f"{head}: {'; '.join(panels)}" if panels else head
+    caption = f"{head}. {DESCRIPTIONS.get(name, '')}".strip()
+    return alt, caption
 
 
 def _number(v) -> str:
@@ -135,16 +211,24 @@ def render_html(diag, *, title: str | None = None, per_page: int = 12, dpi: int 
             '<section id="status"><h2>Status checklist</h2>', _checklist(fit), "</section>",
             '<section id="parameters"><h2>Parameter estimates</h2>',
             "<p class='note'>Ω and σ as variances; 95 % CI = estimate ± 1.96 SE; shrinkage SD-based.</p>",
-            _table(diag.parameter_table()), "</section>",
+            _table(diag.parameter_table()),
+            "<p class='note' id='cv-note'>cv_percent (%CV): Ω diagonal elements ω² as the coefficient of "
+            "variation of a log-normal individual parameter P = θ·exp(η), %CV = 100·√(exp(ω²) − 1) (exact; the "
+            "common approximation 100·ω is lower, e.g. 30 % instead of 30.7 % for ω² = 0.09). Not defined for θ, "
+            "σ and Ω covariances; does not apply to an η that enters a custom model otherwise than "
+            "exponentially.</p>", "</section>",
             '<section id="diagnostics"><h2>Simulation diagnostics</h2>', _diagnostics_section(diag), "</section>",
             '<section id="figures"><h2>Figures</h2>']
+    number = 0
     for name, figs in figures.items():
         body.append(f'<section id="fig-{_slug(name)}" class="figure-section"><h3>{html.escape(name)}</h3>')
         if name in NOTES:
             body.append(f"<p class='note'>{html.escape(NOTES[name])}</p>")
         for k, fig in enumerate(figs):
-            caption = name if len(figs) == 1 else f"{name}, page {k + 1} of {len(figs)}"
-            body.append(f"<figure>{_image(fig, caption, dpi)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+            number += 1
+            alt, caption = describe_figure(name, fig, "" if len(figs) == 1 else f", page {k + 1} of {len(figs)}")
+            body.append(f"<figure>{_image(fig, alt, dpi)}<figcaption>Figure {number}. "
+                        f"{html.escape(caption)}</figcaption></figure>")
         body.append("</section>")
     body.append("</section>")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

@@ -42,7 +42,7 @@ def test_same_simulations_as_the_low_level_functions(diag, theo_fit):
 def test_parameter_table_has_shrinkage_and_tables_are_complete(diag, theo_fit):
     fit = theo_fit[0]
     table = diag.parameter_table()
-    assert list(table.columns) == ["parameter", "estimate", "se", "rse_percent", "ci_lower", "ci_upper", "fixed",
+    assert list(table.columns) == ["parameter", "estimate", "cv_percent", "se", "rse_percent", "ci_lower", "ci_upper", "fixed",
                                    "shrinkage_percent"]
     by_name = table.set_index("parameter")["shrinkage_percent"]
     assert by_name["OMEGA(CL)"] == pytest.approx(100 * fit.shrinkage["CL"])
