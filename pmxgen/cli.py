@@ -242,6 +242,17 @@ def _cmd_fit(args) -> int:
     return 0 if fit.status == "converged" else 1
 
 
+def _load_plugins(argv: list[str]) -> None:
+    """Import the ``--plugin`` files or modules first, so their estimators are choices of ``--method``."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    if known.plugin:
+        from pmxgen.estimation.registry import load_plugin
+        for spec in known.plugin:
+            load_plugin(spec)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pmxgen.report.command import register as register_report
     from pmxgen.simulation.command import register as register_simulate
@@ -273,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--output", help="folder for results.json, fit.json and the tables (checked before fitting)")
     p.add_argument("--force", action="store_true", help="replace the files of a previous run in --output")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="import an estimator plugin first (a .py file or module that registers estimators; "
+                        "repeatable); installed packages can use the entry-point group pmxgen.estimators")
     p.set_defaults(func=_cmd_fit)
     p = sub.add_parser("datasets", help="list bundled datasets, or describe one")
     p.add_argument("name", nargs="?", help="a dataset name: print its README")
@@ -304,9 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Dataset ...
     0
     """
-    args = build_parser().parse_args(argv)
     from pmxgen.errors import PmxgenError
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        _load_plugins(argv)
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except PmxgenError as exc:
         print(f"pmxgen: error: {exc}", file=sys.stderr)

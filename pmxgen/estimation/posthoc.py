@@ -47,8 +47,10 @@ def observation_table(data: Dataset, residuals: dict) -> pd.DataFrame:
 def individual_table(model, values: PopulationValues, batch, eta_hat: torch.Tensor, ids, eta_names,
                      extra: dict | None = None) -> pd.DataFrame:
     """ID, ``ETA(name)`` columns, the individual parameters, then any ``extra`` columns."""
-    with torch.no_grad():
-        params = model.individual_parameters(eta_hat, values, batch)
+    params = {}
+    if callable(getattr(model, "individual_parameters", None)):     # the individual_parameters tier
+        with torch.no_grad():
+            params = model.individual_parameters(eta_hat, values, batch)
     table = {"ID": list(ids)}
     for j, name in enumerate(eta_names):
         table[f"ETA({name})"] = eta_hat[:, j].detach().cpu().numpy()
@@ -165,11 +167,7 @@ def generic_tables(model, data: Dataset, values: PopulationValues, eta_hat: torc
                  "WRES": nan, "IWRES": nan, "CWRES": nan}
     table = observation_table(data, residuals).drop(columns=["WRES", "IWRES", "CWRES"])
     eta_names = model.eta_names(batch)
-    if callable(getattr(model, "individual_parameters", None)):
-        individual = individual_table(model, values, batch, eta_hat, data.ids, eta_names, extra)
-    else:
-        individual = pd.DataFrame({"ID": list(data.ids), **{f"ETA({name})": eta_hat[:, j].detach().cpu().numpy()
-                                                            for j, name in enumerate(eta_names)}, **(extra or {})})
+    individual = individual_table(model, values, batch, eta_hat, data.ids, eta_names, extra)
     omega_diag = torch.diagonal(model.omega_matrix(values, batch)).detach().cpu().numpy()
     shrink = dict(zip(eta_names, eta_shrinkage(eta_hat.detach().cpu().numpy(), omega_diag).tolist()))
     return PosthocTables(table, individual, shrink)
@@ -177,9 +175,8 @@ def generic_tables(model, data: Dataset, values: PopulationValues, eta_hat: torc
 
 def tables_for(model, data: Dataset, values: PopulationValues, eta_hat: torch.Tensor, extra: dict | None = None
                ) -> PosthocTables:
-    """:func:`posthoc_tables` for models with the ``gaussian_residual`` and ``individual_parameters`` tiers,
-    :func:`generic_tables` otherwise."""
+    """:func:`posthoc_tables` for models with the ``gaussian_residual`` tier, :func:`generic_tables` otherwise."""
     from ..models.base import capabilities
-    if {"gaussian_residual", "individual_parameters"} <= capabilities(model):
+    if "gaussian_residual" in capabilities(model):
         return posthoc_tables(model, data, values, eta_hat, extra_individual=extra)
     return generic_tables(model, data, values, eta_hat, extra)

@@ -1,7 +1,10 @@
 """The one list of estimators that :func:`pmxgen.fit`, ``pmxgen.ALL_METHODS`` and ``pmxgen fit`` read.
 
 A new estimator is one module with an :class:`~pmxgen.estimation.base.Estimator` subclass and a
-call of :func:`register_estimator` (or the class decorator :func:`registered`).
+call of :func:`register_estimator` (or the class decorator :func:`registered`). Importing the
+module registers it; for the command line, ``pmxgen fit ... --plugin my_estimator.py`` (a file
+or a module name) imports it first, and an installed package can declare its estimators as
+entry points in the group ``pmxgen.estimators``, which are loaded with the built-ins.
 
 Examples
 --------
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 
 from ..errors import EstimationError
 
-__all__ = ["register_estimator", "registered", "get_estimator_class", "make_estimator", "estimator_names",
+__all__ = ["register_estimator", "registered", "load_plugin", "get_estimator_class", "make_estimator", "estimator_names",
            "estimator_classes", "estimators_supporting_weights", "MethodNames", "normalise_method"]
 
 _REGISTRY: dict[str, type] = {}
@@ -46,10 +49,43 @@ def registered(cls: type) -> type:
     return register_estimator(cls)
 
 
+_ENTRY_POINTS_LOADED = False
+
+
 def _ensure_builtins() -> None:
+    global _ENTRY_POINTS_LOADED
     # Importing the built-in estimator modules registers them.
     from . import classical, saem, variational
     del classical, saem, variational
+    if not _ENTRY_POINTS_LOADED:
+        _ENTRY_POINTS_LOADED = True
+        from importlib.metadata import entry_points
+        for entry in entry_points(group="pmxgen.estimators"):
+            try:
+                cls = entry.load()
+            except Exception as exc:
+                raise EstimationError(f"the estimator plugin {entry.name} ({entry.value}) failed to load: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+            if normalise_method(getattr(cls, "name", "")) not in _REGISTRY:
+                register_estimator(cls)
+
+
+def load_plugin(spec: str) -> None:
+    """Import an estimator plugin (a ``.py`` file or a module name) so that its registrations take effect."""
+    import importlib
+    import runpy
+    from pathlib import Path
+    try:
+        if spec.endswith(".py") or Path(spec).is_file():
+            if not Path(spec).is_file():
+                raise EstimationError(f"estimator plugin {spec} does not exist")
+            runpy.run_path(spec, run_name=f"pmxgen_plugin_{Path(spec).stem}")
+        else:
+            importlib.import_module(spec)
+    except EstimationError:
+        raise
+    except Exception as exc:
+        raise EstimationError(f"estimator plugin {spec} failed to load: {type(exc).__name__}: {exc}") from exc
 
 
 def estimator_names() -> tuple[str, ...]:
