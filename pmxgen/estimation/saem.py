@@ -206,6 +206,16 @@ def _subjects_without_likelihood(model, em: EMParameters, rep, eta: torch.Tensor
     return [ids[i] for i in range(len(ids)) if not bool(finite[i])]
 
 
+def _move_numeric(em: EMParameters, step, gamma: float) -> list[str]:
+    """Move the numerically updated parameters towards ``step``; the names that became non-finite (else [])."""
+    try:
+        em.move_numeric(step, gamma)
+    except EstimationError:
+        return [name for name, v in zip(em.numeric_names, step.tolist()) if not math.isfinite(v)] or \
+            list(em.numeric_names)
+    return []
+
+
 def _failure_message(names: list[str], iteration: int) -> str:
     return (f"{', '.join(names)} became non-finite at iteration {iteration}; the estimates are those of the "
             f"iteration before. Check the model (e.g. parameters that can overflow) and the initial estimates")
@@ -485,12 +495,7 @@ class SAEM(_EMEstimator):
             # averages the steps, as it averages the statistics
             bad = _nonfinite_names(em.ps.names, em.phi)
             if not bad:
-                step = em.numeric_optimum(state.eta, rep, weights=1.0 / chains, max_iter=1)
-                try:
-                    em.move_numeric(step, gamma)
-                except EstimationError:
-                    bad = [name for name, v in zip(em.numeric_names, step.tolist()) if not math.isfinite(v)] or \
-                        list(em.numeric_names)
+                bad = _move_numeric(em, em.numeric_optimum(state.eta, rep, weights=1.0 / chains, max_iter=1), gamma)
             if bad:
                 em.phi, state.eta = phi_before, eta_before
                 failure = _failure_message(bad, it + 1)
@@ -605,12 +610,8 @@ class MCEM(_EMEstimator):
                 rows = m * chains
                 if rows not in reps:
                     reps[rows] = batch.repeat(rows)
-                step = em.numeric_optimum(draws.reshape(rows * n, k), reps[rows], weights=1.0 / rows)
-                try:
-                    em.move_numeric(step, 1.0)
-                except EstimationError:
-                    bad = [name for name, v in zip(em.numeric_names, step.tolist()) if not math.isfinite(v)] or \
-                        list(em.numeric_names)
+                bad = _move_numeric(em, em.numeric_optimum(draws.reshape(rows * n, k), reps[rows], weights=1.0 / rows),
+                                    1.0)
             if bad:
                 em.phi, state.eta = before, eta_before
                 failure = _failure_message(bad, it + 1)
