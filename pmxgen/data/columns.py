@@ -120,7 +120,7 @@ def resolve_columns(header: list[str], mapping: Mapping[str, str] | None, covari
                      if canon == "AMT" else "")
             raise DatasetError(f"required column {canon} is missing{why}", source=source, row=header_row,
                                column=canon,
-                               fix=(f"add a {canon} column, or map an existing one with "
+                               fix=(f"add the {canon} column, or map an existing one with "
                                     f"columns={{'{canon}': 'your_name'}}{extra}; the file's columns are "
                                     f"{column_list(header)}"))
     used = {v.upper() for v in standard.values()}

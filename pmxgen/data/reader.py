@@ -93,6 +93,14 @@ def _split_fields(line: str, sep: str) -> list[str] | None:
     return None
 
 
+def _count_fields(line: str, sep: str) -> int | None:
+    """Number of fields of one line (quotes respected), or None for a separator we cannot split simply."""
+    if len(sep) == 1 and '"' not in line:
+        return line.count(sep) + 1
+    fields_ = _split_fields(line, sep)
+    return None if fields_ is None else len(fields_)
+
+
 def _decode(path: str, encoding: str | None) -> str:
     """The text of a file: UTF-8 (a byte-order mark is dropped) unless ``encoding`` is given."""
     raw = Path(path).read_bytes()
@@ -186,9 +194,9 @@ def _read_cells(path: str, sep: str | None, ignore: str | Sequence[str], text_co
                                    value=name, fix="rename one of the two columns")
             seen.add(name.upper())
         for number, line in data:
-            fields_ = _split_fields(line.strip() if sep == r"\s+" else line, sep)
-            if len(fields_) != len(names):
-                raise DatasetError(f"the record has {len(fields_)} fields but the header has {len(names)}",
+            count = _count_fields(line.strip() if sep == r"\s+" else line, sep)
+            if count != len(names):
+                raise DatasetError(f"the record has {count} fields but the header has {len(names)}",
                                    source=path, row=number, fix="check the separators and empty fields on that line")
     body = "\n".join([header_line[1]] + [d[1].strip() if sep == r"\s+" else d[1] for d in data])
     rows = np.array([d[0] for d in data], dtype=np.int64)
@@ -196,7 +204,9 @@ def _read_cells(path: str, sep: str | None, ignore: str | Sequence[str], text_co
         dtype: dict | type = str
     else:
         dtype = {k: str for k, name in enumerate(names) if not name or name.upper() in text_columns}
-    cells = _parse_body(body, sep, dtype, path, data)
+    cells = _fast_cells(body, sep, dtype, names, len(data)) if names is not None and len(dtype) < len(names) else None
+    if cells is None:
+        cells = _parse_body(body, sep, dtype, path, data)
     if names is not None and not isinstance(dtype, type):
         # a column that is neither numbers nor text (bool 'True'/'False', integers beyond int64) is read as text
         other = [k for k, d in enumerate(cells.dtypes) if not _is_number_dtype(d) and not pd.api.types.is_string_dtype(d)]
@@ -224,6 +234,38 @@ def _read_cells(path: str, sep: str | None, ignore: str | Sequence[str], text_co
     for c in text_cols:
         cells[c] = cells[c].astype(str).str.strip().str.strip('"')
     return cells, rows, ignored, header_line[0], sep
+
+
+def _fast_cells(body: str, sep: str, text: dict, names: list[str], n_rows: int) -> pd.DataFrame | None:
+    """The cells when every column outside ``text`` holds finite plain numbers, else None.
+
+    The numeric columns are parsed by :func:`numpy.loadtxt` into one float64 block (pandas
+    would build one array and one Series per column: minutes for 100,000 columns); the text
+    columns by pandas. Any cell that is not a finite number sends the file to the general
+    (column by column) reader, whose messages quote the cell as written.
+    """
+    if sep not in (",", "\t", ";", r"\s+") and len(sep) != 1:
+        return None
+    numeric = [k for k in range(len(names)) if k not in text]
+    try:
+        block = np.loadtxt(io.StringIO(body), delimiter=None if sep == r"\s+" else sep, skiprows=1, usecols=numeric,
+                           dtype=np.float64, ndmin=2, comments=None, quotechar='"')
+    except (ValueError, IndexError):
+        return None
+    if block.shape != (n_rows, len(numeric)) or not np.isfinite(block).all():
+        return None
+    parts = [pd.DataFrame(block, columns=[names[k] for k in numeric])]
+    if text:
+        try:
+            parts.append(pd.read_csv(io.StringIO(body), sep=sep, usecols=sorted(text), dtype=str,
+                                     keep_default_na=False, engine="c", skipinitialspace=True, header=0,
+                                     names=None).set_axis([names[k] for k in sorted(text)], axis=1))
+        except (pd.errors.ParserError, ValueError):
+            return None
+        if len(parts[1]) != n_rows:
+            return None
+    cells = pd.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+    return cells.iloc[:, np.argsort(np.r_[numeric, sorted(text)], kind="stable")]
 
 
 def _parse_body(body: str, sep: str, dtype, path: str, data: list) -> pd.DataFrame:
@@ -296,7 +338,9 @@ def _integer_check(values: np.ndarray, column: str, source: str, rows: np.ndarra
 
 
 def _plain(x: float) -> object:
-    return int(x) if float(x).is_integer() else float(x)
+    """A number as a user wrote it: int when whole (and not huge), else float."""
+    x = float(x)
+    return int(x) if x.is_integer() and abs(x) < 1e15 else x
 
 
 def _fail(mask: np.ndarray, problem: str, records_source: str, rows: np.ndarray, column: str, values: np.ndarray,
@@ -310,6 +354,8 @@ def _fail(mask: np.ndarray, problem: str, records_source: str, rows: np.ndarray,
 
 def _is_number_dtype(dtype) -> bool:
     """Float or integer dtype, not bool (see :func:`~pmxgen.data.columns.is_number_column`)."""
+    if isinstance(dtype, np.dtype):
+        return dtype.kind in "fiu"
     return (pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype)) \
         and not pd.api.types.is_bool_dtype(dtype)
 
@@ -618,37 +664,46 @@ def _warn_unusual_records(rec: Records, dv_used_without_mdv: bool) -> None:
 
 
 def _warn_duplicates(frame: pd.DataFrame, rows: np.ndarray, source: str) -> None:
-    """Warn about records identical in every column (each is used: a copied dose is given twice)."""
+    """Warn about records identical in every column (each is used: a copied dose is given twice).
+
+    Rows are hashed on at most 256 columns (all text columns first); rows whose hashes agree are
+    then compared on every column, so wide files cost little.
+    """
     if len(frame) < 2:
         return
-    keys = []
-    numeric = [c for c, d in zip(frame.columns, frame.dtypes) if pd.api.types.is_numeric_dtype(d)]
-    if numeric:
-        block = frame[numeric].to_numpy(dtype=np.float64) + 0.0       # -0.0 -> 0.0
-        block[np.isnan(block)] = np.nan                                 # one NaN bit pattern
-        keys.append(np.ascontiguousarray(block).view(np.uint64))
-    numeric_set = set(numeric)
-    other = [c for c in frame.columns if c not in numeric_set]
-    if other:
-        keys.append(np.column_stack([pd.util.hash_array(frame[c].astype(str).to_numpy(dtype=object))
-                                     for c in other]))
-    key = np.concatenate(keys, axis=1) if len(keys) > 1 else keys[0]
+    names = list(frame.columns)
+    dtypes = list(frame.dtypes)
+    numeric = [k for k, d in enumerate(dtypes) if _is_number_dtype(d)]
+    other = [k for k in range(len(names)) if not _is_number_dtype(dtypes[k])]
+
+    def keys(columns_num: list[int], columns_text: list[int]) -> np.ndarray:
+        parts = []
+        if columns_num:
+            block = frame.iloc[:, columns_num].to_numpy(dtype=np.float64) + 0.0   # -0.0 -> 0.0
+            block[np.isnan(block)] = np.nan                                       # one NaN bit pattern
+            parts.append(np.ascontiguousarray(block).view(np.uint64))
+        if columns_text:
+            parts.append(np.column_stack([pd.util.hash_array(frame.iloc[:, k].astype(str).to_numpy(dtype=object))
+                                          for k in columns_text]))
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    key = keys(numeric[:max(0, 256 - len(other))], other)
     weights = np.random.default_rng(20240521).integers(1, 2**63, size=key.shape[1], dtype=np.uint64) | np.uint64(1)
     with np.errstate(over="ignore"):
         row_hash = (key * weights).sum(axis=1, dtype=np.uint64)
-    candidates = pd.Series(row_hash).duplicated(keep=False).to_numpy()
-    if not candidates.any():
+    candidates = np.flatnonzero(pd.Series(row_hash).duplicated(keep=False).to_numpy())
+    if not len(candidates):
         return
-    pairs = []
-    idx = np.flatnonzero(candidates)
+    full = keys(numeric, other)[candidates] if key.shape[1] < len(names) else key[candidates]
     groups: dict[int, list[int]] = {}
-    for i in idx:
-        groups.setdefault(int(row_hash[i]), []).append(int(i))
+    for pos, i in enumerate(candidates):
+        groups.setdefault(int(row_hash[i]), []).append(pos)
+    pairs = []
     for members in groups.values():
-        for k, i in enumerate(members[1:], start=1):
-            for j in members[:k]:
-                if np.array_equal(key[i], key[j]):
-                    pairs.append((i, j))
+        for k, a in enumerate(members[1:], start=1):
+            for b in members[:k]:
+                if np.array_equal(full[a], full[b]):
+                    pairs.append((int(candidates[a]), int(candidates[b])))
                     break
     if not pairs:
         return
@@ -688,7 +743,8 @@ def _covariates(cells: pd.DataFrame, cmap: ColumnMap, rows: np.ndarray, source: 
     numeric = [k for k, name in enumerate(names) if name.upper() not in cat_upper and _is_number_dtype(dtypes[name])]
     if numeric:
         block = cells[[names[k] for k in numeric]].to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = ~np.isfinite(block) | (np.abs(np.nan_to_num(block)) > MAX_ABS_VALUE)
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.abs(block) <= MAX_ABS_VALUE)             # NaN, inf and absurd values
         if bad.any():
             j = int(np.flatnonzero(bad.any(axis=0))[0])
             i = int(np.flatnonzero(bad[:, j])[0])
