@@ -373,6 +373,9 @@ def _cell(cells: pd.DataFrame, column: str, i: int) -> object:
 #: dose table would not fit in memory).
 MAX_ADDL = 100_000
 
+#: Largest compartment number accepted (a larger CMT is an entry error; it would not fit an int64 either).
+MAX_CMT = 10_000
+
 #: Text of each EVID in messages.
 _EVID_NAMES = {0: "observation", 1: "dose", 2: "other event", 3: "reset", 4: "reset and dose"}
 
@@ -459,6 +462,8 @@ def validate_records(cells: pd.DataFrame, rows: np.ndarray, source: str, columns
           "check the value; for a long treatment at steady state use SS=1 with II instead")
     _integer_check(cmt, col.get("CMT", "CMT"), source, rows, None,
                    "CMT must be a whole compartment number >= 1 (0 or '.' means the model's default)")
+    _fail(cmt > MAX_CMT, f"CMT is not a compartment number (pmxgen accepts up to {MAX_CMT:,})", source, rows,
+          col.get("CMT", "CMT"), cmt, "give the compartment number of the model (1 depot, 2 central, ...)")
     _fail(ii < 0, "II is negative", source, rows, col.get("II", "II"), ii, "II is the dosing interval, > 0")
     const_ss_infusion = is_dose & (ss > 0) & (amt == 0) & (rate > 0)
     _fail(const_ss_infusion, "steady-state constant infusion (AMT 0, RATE > 0, SS > 0) is not supported", source,
@@ -821,7 +826,7 @@ def _typed_frame(cells: pd.DataFrame) -> pd.DataFrame:
     for name in [n for n in names if n.upper() == "ID"]:
         if pd.api.types.is_float_dtype(out[name].dtype):
             values = out[name].to_numpy()
-            if not np.isnan(values).any() and np.all(values == np.round(values)):
+            if not np.isnan(values).any() and np.all(values == np.round(values)) and np.all(np.abs(values) < 2**53):
                 out[name] = values.astype(np.int64)
     return out
 
