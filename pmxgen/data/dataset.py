@@ -13,6 +13,9 @@ from .reader import Records, warn_subjects_without_observations
 
 __all__ = ["Dataset"]
 
+#: Covariates listed one by one in :meth:`Dataset.summary` (the rest are counted).
+SUMMARY_COVARIATES = 30
+
 
 class Dataset:
     """A population dataset: every original record, and per-subject padded tensors.
@@ -223,7 +226,8 @@ class Dataset:
         ]
         if self.covariate_names:
             lines.append("  covariates")
-            for name in self.covariate_names:
+            shown = self.covariate_names[:SUMMARY_COVARIATES]
+            for name in shown:
                 v = rec.covariates[name]
                 if name in rec.categories:
                     labels = rec.categories[name]
@@ -232,6 +236,8 @@ class Dataset:
                                  ", ".join(f"{lab} ({c} rec)" for lab, c in zip(labels, counts)))
                 else:
                     lines.append(f"    {name:<16}  median {np.median(v):g} (range {v.min():g}-{v.max():g})")
+            if len(self.covariate_names) > len(shown):
+                lines.append(f"    ... and {len(self.covariate_names) - len(shown):,} more")
         if self.occasion_labels is not None:
             lines.append(f"  occasions           {', '.join(map(str, self.occasion_labels))}")
         return "\n".join(lines)

@@ -69,6 +69,8 @@ def test_wide_file_keeps_every_column(wide_and_narrow):
     assert list(frame.columns[:theo.shape[1]]) == list(theo.columns)
     np.testing.assert_array_equal(frame.iloc[:, theo.shape[1]:].to_numpy(), extra)
     np.testing.assert_array_equal(frame[list(theo.columns)].to_numpy(dtype=float), theo.to_numpy(dtype=float))
+    summary = data.summary()                                     # lists 30 covariates, counts the rest
+    assert "X27 " in summary and "X28 " not in summary and f"... and {N_EXTRA + 2 - 30:,} more" in summary
 
 
 def test_wide_file_covariates_are_gathered_per_column(wide_and_narrow):
