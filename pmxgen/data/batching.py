@@ -66,31 +66,64 @@ class _TensorGroup:
         return replace(self, **changes)
 
 
+class _SharedTable:
+    """A ``[R, C]`` tensor shared by every padded table made from one dataset.
+
+    Not a tensor and not a dataclass, so code that walks a batch's fields to select, repeat
+    or concatenate subjects passes it on unchanged (it is indexed by record, not by subject).
+    """
+
+    __slots__ = ("values", "_converted")
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+        self._converted: tuple | None = None
+
+    def to(self, device, dtype: torch.dtype) -> "_SharedTable":
+        """On ``device`` with floating ``dtype``; the obs and dose tables converted together still share one."""
+        values = self.values.to(device=device, dtype=dtype)
+        if values is self.values:
+            return self
+        key = (values.device, values.dtype)
+        if self._converted is None or self._converted[0] != key:
+            self._converted = (key, _SharedTable(values))
+        return self._converted[1]
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, _SharedTable) and self.values.dtype == other.values.dtype
+                and self.values.shape == other.values.shape and torch.equal(self.values, other.values))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"_SharedTable(shape={tuple(self.values.shape)}, dtype={self.values.dtype})"
+
+
 @dataclass(frozen=True, eq=False)
 class RecordCovariates(_TensorGroup):
     """The covariates on the records of a padded table, ``[N, J, C]``, gathered when read.
 
     A data set may have many covariate columns (every column that is not a NONMEM data item),
-    so the ``[N, J, C]`` array is not stored: ``table`` holds each record's covariates once
+    so the ``[N, J, C]`` array is not stored: :attr:`table` holds each record's covariates once
     (``[R, C]``, one row per record of :meth:`Dataset.to_frame`, shared by the observation and
-    dose tables and by every subset of subjects) and ``row`` which record sits in each slot.
-    Indexing gathers only what is asked for: ``covariates[..., k]`` is the ``[N, J]`` tensor of
-    covariate ``k`` (0 on padding), ``covariates.tensor()`` the whole ``[N, J, C]`` tensor.
-    Any other index, ``torch`` function or ``numpy.asarray`` works on the whole tensor.
+    dose tables and by every selection of subjects) and :attr:`row` which record sits in each
+    slot. Indexing gathers only what is asked for: ``covariates[..., k]`` is the ``[N, J]``
+    tensor of covariate ``k`` (0 on padding), ``covariates.tensor()`` the whole ``[N, J, C]``
+    tensor. Any other index, ``torch`` function or ``numpy.asarray`` works on the whole tensor.
 
-    Attributes
+    Parameters
     ----------
     row : torch.Tensor
         ``[N, J]`` position of the record in the frame, -1 for padding.
-    table : torch.Tensor
-        ``[R, C]`` covariates of every record (not per subject: selecting or repeating
-        subjects leaves it as it is).
+    shared : torch.Tensor
+        ``[R, C]`` covariates of every record (kept as it is when subjects are selected,
+        repeated or concatenated); read it as :attr:`table`.
 
     Examples
     --------
     >>> import torch
     >>> cov = RecordCovariates(row=torch.tensor([[0, 2], [1, -1]]),
-    ...                        table=torch.tensor([[70.0, 1.0], [80.0, 0.0], [71.0, 1.0]]))
+    ...                        shared=torch.tensor([[70.0, 1.0], [80.0, 0.0], [71.0, 1.0]]))
     >>> cov.shape
     torch.Size([2, 2, 2])
     >>> cov[..., 0].tolist()
@@ -98,7 +131,21 @@ class RecordCovariates(_TensorGroup):
     """
 
     row: torch.Tensor
-    table: torch.Tensor
+    shared: _SharedTable
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shared, torch.Tensor):
+            object.__setattr__(self, "shared", _SharedTable(self.shared))
+
+    @property
+    def table(self) -> torch.Tensor:
+        """``[R, C]`` covariates of every record of the dataset."""
+        return self.shared.values
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "RecordCovariates":
+        shared = self.shared.to(device if device is not None else self.table.device,
+                                dtype if dtype is not None else self.table.dtype)
+        return replace(self, row=self.row.to(device=device if device is not None else self.row.device), shared=shared)
 
     # selecting / repeating subjects changes the slots, never the record table
     def select(self, index: torch.Tensor) -> "RecordCovariates":
@@ -363,7 +410,7 @@ def build_batch(rec: Records, dtype: torch.dtype, device) -> tuple[SubjectBatch,
     n_rec = len(rec.time)
     cov_names = tuple(rec.covariate_names)
     cov = rec.covariate_values                                   # [records, C]
-    table = torch.as_tensor(cov, dtype=dtype)                    # shared by obs and dose covariates
+    table = _SharedTable(torch.as_tensor(cov, dtype=dtype))      # shared by obs and dose covariates
     occ = rec.occasion if rec.occasion is not None else np.zeros(n_rec, dtype=np.int64)
     rec_pos = _positions(rec.subject)
     is_dose = np.isin(rec.evid, (1, 4))
@@ -394,7 +441,7 @@ def build_batch(rec: Records, dtype: torch.dtype, device) -> tuple[SubjectBatch,
         blq=torch.as_tensor(pad_o(rec.blq[o], False)),
         lloq=torch.as_tensor(pad_o(np.nan_to_num(rec.lloq[o], nan=0.0), 0.0), dtype=dtype),
         occasion=torch.as_tensor(pad_o(occ[o], 0)),
-        covariates=RecordCovariates(row=torch.as_tensor(pad_o(o.astype(np.int64), -1)), table=table),
+        covariates=RecordCovariates(row=torch.as_tensor(pad_o(o.astype(np.int64), -1)), shared=table),
     )
 
     # --- doses: explicit records, then ADDL-implied doses
@@ -426,7 +473,7 @@ def build_batch(rec: Records, dtype: torch.dtype, device) -> tuple[SubjectBatch,
         row=torch.as_tensor(pad_d(cols["row"].astype(np.int64), -1)),
         implied=torch.as_tensor(pad_d(cols["implied"], False)),
         occasion=torch.as_tensor(pad_d(occ[cols["src"]], 0)),
-        covariates=RecordCovariates(row=torch.as_tensor(pad_d(cols["src"].astype(np.int64), -1)), table=table),
+        covariates=RecordCovariates(row=torch.as_tensor(pad_d(cols["src"].astype(np.int64), -1)), shared=table),
     )
 
     # --- resets

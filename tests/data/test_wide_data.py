@@ -88,3 +88,25 @@ def test_wide_file_covariates_are_gathered_per_column(wide_and_narrow):
     # subsets keep the shared record table and gather the right records
     sub = data.subset([data.ids[3]])
     assert torch.equal(sub.batch.obs.covariates[..., k][0], obs.covariates[..., k][3])
+
+
+def test_record_covariates_follow_subject_operations():
+    """select / repeat / to / concatenation of subject blocks gather the same values as the full tensor."""
+    from pmxgen.simulation.engine import _cat_batches          # how the simulator joins blocks of subjects
+
+    batch = pmxgen.datasets.load("theophylline").batch
+    cov = batch.obs.covariates
+    full = cov.tensor()
+    assert full.shape == (12, 11, 2) and torch.equal(torch.as_tensor(np.asarray(cov)), full)
+    assert torch.equal(full[..., 0], cov[..., 0]) and torch.equal(full[2:4], cov[2:4])
+    assert torch.equal(torch.sum(cov, dim=-1), full.sum(dim=-1))                  # torch functions see the tensor
+    index = torch.tensor([5, 0, 5])
+    assert torch.equal(batch.select(index).obs.covariates.tensor(), full[index])
+    assert torch.equal(batch.repeat(2).obs.covariates.tensor(), full.repeat(2, 1, 1))
+    b32 = batch.to(dtype=torch.float32)
+    assert b32.obs.covariates.dtype == torch.float32 and torch.equal(b32.obs.covariates.tensor(), full.float())
+    assert b32.obs.covariates.shared is b32.doses.covariates.shared                 # still one record table
+    joined = _cat_batches([batch.select(torch.arange(0, 4)), batch.select(torch.arange(4, 12))])
+    assert torch.equal(joined.obs.covariates.tensor(), full)
+    assert joined.obs.covariates.table.shape == (144, 2)                            # not copied per block
+    assert torch.equal(joined.doses.covariates[..., 1], batch.doses.covariates[..., 1])
