@@ -183,6 +183,18 @@ def test_subject_without_dose_while_others_have_warns(tmp_path):
     assert ds.n_subjects == 3 and ds.n_records == 6
 
 
+def test_subset_and_with_dv_do_not_repeat_warnings_or_require_doses(tmp_path):
+    path = write(tmp_path, "ID,TIME,DV,AMT\n1,0,.,100\n1,1,5,0\n2,1,4,0\n2,2,3,0\n")
+    ds, messages = read_warnings(path)
+    assert len(messages) == 1                                           # subject 2 has no dose
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        undosed = ds.subset([2])                                        # a file needs doses; its subset need not
+        again = ds.with_dv(ds.batch.obs.dv * 2)
+    assert undosed.n_dose_records == 0 and undosed.n_observations == 2
+    assert again.n_records == 4
+
+
 def test_observations_all_before_first_dose_warn(tmp_path):
     path = write(tmp_path, "ID,TIME,DV,AMT\n1,0,.,100\n1,1,5,0\n2,0,1,0\n2,0.5,2,0\n2,1,.,100\n")
     ds, messages = read_warnings(path)
