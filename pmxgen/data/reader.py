@@ -1,7 +1,9 @@
 """Reading NONMEM-style event tables into a :class:`~pmxgen.data.dataset.Dataset`.
 
-Reading has three stages: the text is split into cells (``_read_cells``), every
-record is validated with NONMEM's rules (``validate_records``), and the
+Reading has three stages: the text is split into cells (``_read_cells``: columns of
+plain numbers are parsed as one block, the NONMEM data items kept as text), every
+record is validated with NONMEM's rules (``validate_records``: errors stop the read,
+suspicious records give a :class:`~pmxgen.errors.DatasetWarning`), and the
 records become padded per-subject tensors (:mod:`pmxgen.data.batching`).
 Nothing is dropped: comment lines are kept in :attr:`Dataset.ignored_lines`
 and every data row is returned by :meth:`Dataset.to_frame`.
@@ -16,8 +18,8 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 from collections.abc import Mapping as _MappingABC
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
