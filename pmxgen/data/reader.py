@@ -254,7 +254,7 @@ def _fast_cells(body: str, sep: str, text: dict, names: list[str], n_rows: int) 
     try:
         block = np.loadtxt(io.StringIO(body), delimiter=None if sep == r"\s+" else sep, skiprows=1, usecols=numeric,
                            dtype=np.float64, ndmin=2, comments=None, quotechar='"')
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, TypeError):        # a cell that is not a number: the general reader says which
         return None
     if block.shape != (n_rows, len(numeric)) or not np.isfinite(block).all():
         return None
