@@ -13,6 +13,7 @@ __all__ = [
     "DatasetWarning",
     "ConvergenceWarning",
     "UsageError",
+    "dataset_message",
 ]
 
 
@@ -39,17 +40,49 @@ class DatasetError(PmxgenError, ValueError):
                  column: str | None = None, value: object = None, fix: str = "") -> None:
         self.problem, self.source, self.row, self.column, self.value, self.fix = (
             problem, source, row, column, value, fix)
-        where = f"{source}"
-        if row is not None:
-            where += f", row {row}"
-        if column is not None:
-            where += f", column {column}"
-        text = f"{where}: {problem}"
-        if value is not None:
-            text += f" (found {value!r})"
-        if fix:
-            text += f". {fix[0].upper()}{fix[1:]}"
-        super().__init__(text)
+        super().__init__(dataset_message(problem, source=source, row=row, column=column, value=value, fix=fix))
+
+
+def dataset_message(problem: str, *, source: str = "<DataFrame>", row: int | None = None, column: str | None = None,
+                    value: object = None, fix: str = "") -> str:
+    """The text of a :class:`DatasetError` or :class:`DatasetWarning`: where, what, the value found, what to do.
+
+    Parameters
+    ----------
+    problem : str
+        What is wrong.
+    source : str
+        File name (or ``"<DataFrame>"``).
+    row : int, optional
+        Line number in the file (or DataFrame index label).
+    column : str, optional
+        Column name as written in the data.
+    value : object, optional
+        The offending value (shown with ``repr``).
+    fix : str
+        What to do about it.
+
+    Returns
+    -------
+    str
+        ``"<source>, row <row>, column <column>: <problem> (found <value>). <Fix>"``.
+
+    Examples
+    --------
+    >>> print(dataset_message("AMT is negative", source="d.csv", row=3, column="AMT", value=-5, fix="give AMT > 0"))
+    d.csv, row 3, column AMT: AMT is negative (found -5). Give AMT > 0
+    """
+    where = f"{source}"
+    if row is not None:
+        where += f", row {row}"
+    if column is not None:
+        where += f", column {column}"
+    text = f"{where}: {problem}"
+    if value is not None:
+        text += f" (found {value!r})"
+    if fix:
+        text += f". {fix[0].upper()}{fix[1:]}"
+    return text
 
 
 class ModelError(PmxgenError, ValueError):

@@ -27,7 +27,7 @@ def test_datasets_and_summarize(capsys):
 
 def test_bad_file_gives_message_and_exit_code(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
-    bad.write_text("ID,TIME,DV\n1,0,abc\n")
+    bad.write_text("ID,TIME,DV,AMT\n1,0,abc,0\n")   # a file needs AMT (required column) before its values are read
     assert main(["summarize", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.csv, row 2, column DV" in err and "'abc'" in err

@@ -1,6 +1,7 @@
 """The :class:`Dataset`: validated NONMEM records plus their padded tensors."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -8,10 +9,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import DatasetWarning
 from .batching import SubjectBatch, build_batch
 from .reader import Records, warn_subjects_without_observations
 
 __all__ = ["Dataset"]
+
+#: Covariates listed one by one in :meth:`Dataset.summary` (the rest are counted).
+SUMMARY_COVARIATES = 30
 
 
 class Dataset:
@@ -157,7 +162,11 @@ class Dataset:
         return out
 
     def with_dv(self, dv: torch.Tensor) -> "Dataset":
-        """A new dataset whose observation DVs are ``dv`` (``[N, J]``); everything else unchanged."""
+        """A new dataset whose observation DVs are ``dv`` (``[N, J]``); everything else unchanged.
+
+        The records were checked when this dataset was read: reading them again gives no
+        :class:`~pmxgen.errors.DatasetWarning`.
+        """
         obs = self.batch.obs
         mask = obs.mask.cpu()
         rows = obs.row.cpu()[mask].numpy()
@@ -168,12 +177,18 @@ class Dataset:
         column[rows] = values
         frame[dv_col] = column
         from .reader import read_nonmem
-        new = read_nonmem(frame, **self._read_options())
+        with warnings.catch_warnings():        # the records are those read (and warned about) before
+            warnings.simplefilter("ignore", DatasetWarning)
+            new = read_nonmem(frame, **self._read_options())
         new._records.source = self.source if self.source == "<DataFrame>" else f"{self.source} (simulated DV)"
         return new
 
     def subset(self, ids: Iterable) -> "Dataset":
-        """The subjects ``ids`` (in this dataset's order) as a new dataset."""
+        """The subjects ``ids`` (in this dataset's order) as a new dataset.
+
+        No :class:`~pmxgen.errors.DatasetWarning` is repeated, and a subset without dose records
+        (e.g. placebo subjects) is allowed.
+        """
         wanted = set(ids)
         unknown = wanted - set(self._records.ids)
         if unknown:
@@ -182,7 +197,10 @@ class Dataset:
         keep = self._frame[id_col].map(lambda v: v in wanted).to_numpy()
         frame = self._frame.loc[keep]
         from .reader import read_nonmem
-        return read_nonmem(frame, **self._read_options())
+        # a subset of records read (and warned about) before; it may hold only undosed subjects
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DatasetWarning)
+            return read_nonmem(frame, **{**self._read_options(), "require_doses": False})
 
     @property
     def recipe(self) -> dict:
@@ -223,7 +241,8 @@ class Dataset:
         ]
         if self.covariate_names:
             lines.append("  covariates")
-            for name in self.covariate_names:
+            shown = self.covariate_names[:SUMMARY_COVARIATES]
+            for name in shown:
                 v = rec.covariates[name]
                 if name in rec.categories:
                     labels = rec.categories[name]
@@ -232,6 +251,8 @@ class Dataset:
                                  ", ".join(f"{lab} ({c} rec)" for lab, c in zip(labels, counts)))
                 else:
                     lines.append(f"    {name:<16}  median {np.median(v):g} (range {v.min():g}-{v.max():g})")
+            if len(self.covariate_names) > len(shown):
+                lines.append(f"    ... and {len(self.covariate_names) - len(shown):,} more")
         if self.occasion_labels is not None:
             lines.append(f"  occasions           {', '.join(map(str, self.occasion_labels))}")
         return "\n".join(lines)

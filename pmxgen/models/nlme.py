@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping as _MappingABC
 from typing import Callable, Mapping, Sequence
 
 import torch
 
-from ..data.batching import SubjectBatch
+from ..data.batching import BaselineCovariates, SubjectBatch
 from ..errors import DatasetError, DatasetWarning, ModelError
 from ..structural.base import DOSE_PARAMETER, StructuralModel
 from .base import ObservedData, PopulationModel
@@ -223,9 +224,14 @@ class NLMEModel(PopulationModel):
             out[name] = v
         return out
 
-    def covariates(self, batch: SubjectBatch) -> dict[str, torch.Tensor]:
-        """Baseline covariates by column name, ``[N]`` each."""
-        return {name: batch.baseline[:, k] for k, name in enumerate(batch.covariate_names)}
+    def covariates(self, batch: SubjectBatch) -> Mapping[str, torch.Tensor]:
+        """Baseline covariates by column name, ``[N]`` each.
+
+        A read-only mapping (:class:`~pmxgen.data.batching.BaselineCovariates`) whose tensors are
+        made when looked up, so that data with thousands of covariate columns cost nothing per
+        evaluation; ``dict(model.covariates(batch))`` gives a plain dict.
+        """
+        return batch.baseline_covariates()
 
     def individual_parameters(self, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch,
                               occasion: int | None = None) -> dict[str, torch.Tensor]:
@@ -374,18 +380,29 @@ class NLMEModel(PopulationModel):
                     break
 
 
-class _CovariateView(dict):
-    """Covariates by name; lookups are case-insensitive and name what exists when missing."""
+class _CovariateView(_MappingABC):
+    """Covariates by name; lookups are case-insensitive and name what exists when missing.
 
-    def __init__(self, values: dict, names):
-        super().__init__(values)
-        self._upper = {k.upper(): k for k in values}
+    Wraps the mapping of :meth:`NLMEModel.covariates` without copying it (a column's tensor is
+    made only when the individual-parameter function looks it up).
+    """
+
+    def __init__(self, values: Mapping, names):
+        self._values = values
+        self._names = tuple(names)
+        self._upper: dict | None = None
         #: Names actually looked up (so a model check can tell which covariates the model uses).
         self.read: set[str] = set()
 
     def _real(self, key):
-        if dict.__contains__(self, key):
+        if isinstance(self._values, BaselineCovariates):
+            return self._values.name(key)
+        if key in self._values:
             return key
+        if self._upper is None:
+            self._upper = {}
+            for k in self._values:
+                self._upper.setdefault(str(k).upper(), k)
         return self._upper.get(str(key).upper())
 
     def __getitem__(self, key):
@@ -393,13 +410,20 @@ class _CovariateView(dict):
         if real is None:
             raise KeyError(key)
         self.read.add(real)
-        return dict.__getitem__(self, real)
+        return self._values[real]
 
     def __contains__(self, key) -> bool:
         return self._real(key) is not None
 
     def get(self, key, default=None):
         real = self._real(key)
-        if real is not None:
-            self.read.add(real)
-        return default if real is None else dict.__getitem__(self, real)
+        if real is None:
+            return default
+        self.read.add(real)
+        return self._values[real]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
