@@ -43,13 +43,13 @@ def _parse_params(items: Sequence[str], option: str = "--param") -> dict[str, fl
     return out
 
 
-def _load(data: str, occasion: str | None = None):
+def _load(data: str, occasion: str | None = None, require_doses: bool = True):
     import pmxgen
     if Path(data).is_dir():
         raise UsageError(f"{data} is a folder; give a NONMEM-style data file or a bundled dataset name")
     if Path(data).exists():
         try:
-            return pmxgen.read_nonmem(data, occasion=occasion)
+            return pmxgen.read_nonmem(data, occasion=occasion, require_doses=require_doses)
         except OSError as exc:
             raise UsageError(f"{data} cannot be read ({exc.strerror or exc})") from None
     if data in pmxgen.datasets.list():
@@ -215,7 +215,7 @@ def _cmd_fit(args) -> int:
     fixed = _parse_params(args.fix, "--fix") if args.fix else None
     if args.output:
         _check_output(Path(args.output), force=args.force)
-    ds = _load(args.data, args.occasion)
+    ds = _load(args.data, args.occasion, require_doses=not args.no_doses)
     if args.model.endswith(".py"):
         model = load_model_file(args.model, ds)
     elif args.model in LIBRARY:
@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iiv", help="comma-separated parameters with IIV (built-in models), e.g. KA,CL,V")
     p.add_argument("--iov", help="comma-separated parameters with inter-occasion variability (needs --occasion)")
     p.add_argument("--occasion", help="occasion column of the data file")
+    p.add_argument("--no-doses", action="store_true",
+                   help="the data have no dose records (a non-PK model, e.g. PPCA or a linear mixed model)")
     p.add_argument("--full-omega", action="store_true", help="one full Omega block over the IIV effects")
     p.add_argument("--init", action="append", default=[], metavar="NAME=VALUE",
                    help="initial estimate, e.g. CL=3 or OMEGA(CL)=0.1 (repeatable)")

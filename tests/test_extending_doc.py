@@ -61,7 +61,7 @@ def test_the_new_estimator_is_on_the_command_line(namespace, tmp_path, capsys):
         main(["fit", str(tmp_path / "data.csv"), "--model", str(tmp_path / "random_slope.py"), "--method", "sml"])
     assert info.value.code == 2
     capsys.readouterr()
-    code = main(["fit", str(tmp_path / "data.csv"), "--model", str(tmp_path / "random_slope.py"),
+    code = main(["fit", str(tmp_path / "data.csv"), "--model", str(tmp_path / "random_slope.py"), "--no-doses",
                  "--plugin", str(tmp_path / "sml.py"), "--method", "sml", "--draws", "200", "--quiet"])
     out = capsys.readouterr()
     assert code in (0, 1) and "method: SML" in out.out, out.err
