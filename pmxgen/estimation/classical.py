@@ -325,8 +325,11 @@ class ClassicalEstimator(Estimator):
         near, notes = estimate_messages(ps, phi_hat)
         messages.extend(notes)
         if weights:
+            penalty = float(self.weight_decay) * float(weights_vector(model).pow(2).sum())
             messages.append(f"{network_weight_count(model)} network weights fitted with the named parameters (L-BFGS)"
-                            + ("; SEs are conditional on them" if cov_result is not None else ""))
+                            + ("; SEs are conditional on them" if cov_result is not None else "")
+                            + (f"; weight decay {self.weight_decay:g}: the minimised objective was OFV + "
+                               f"{penalty:.4g}" if self.weight_decay else ""))
         options = {**self.options(), "inner_tol": inner_tol, "derivatives": resolve_derivatives(self.derivatives, model)}
         return FitResult(
             method=method, **common_result_fields(model, data, phi_hat, cov_result, self.covariance),
