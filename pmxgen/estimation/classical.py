@@ -36,12 +36,18 @@ _PENALTY = 1e12
 DEFAULT_INNER_TOL = 1e-12
 #: Inner (EBE) tolerance on the Newton decrement for the covariance step's re-solved EBEs.
 COVARIANCE_INNER_TOL = 1e-14
-#: A subject's EBE search restarts from the best point's EBEs instead of the last evaluation's
-#: only where that lowers its starting objective by more than this (−2LL units): a wrong local
-#: mode costs several units (9-24 for the flip-flop modes in the tests), while along a line
-#: search the nearby last evaluation stays the start and rounding-level differences do not
-#: switch it.
-WARM_START_MARGIN = 1.0
+#: Every subject's EBEs are solved from several starts (the best point's, the last evaluation's,
+#: and at the result of the minimization also η = 0), and the first (the best point's, tracked
+#: along a line search) is kept unless another start's converged mode is lower by more than this
+#: (−2LL units): rounding-level differences between starts that reach the same mode do not
+#: switch it, any real difference between modes does.
+WARM_START_MARGIN = 1e-9
+#: EBEs of this many latest objective evaluations are kept by point, so that the final EBEs start
+#: from the accepted iterate's own.
+_EBE_MEMORY = 64
+#: Times the minimization may restart from its result, where the EBE search from η = 0 there finds
+#: lower modes than it had or where it stopped at precision loss far from a minimum.
+MAX_EBE_RESTARTS = 5
 #: BFGS stopped by precision loss still counts as converged when its quasi-Newton model predicts
 #: less than this further OFV decrease, ½ gᵀH⁻¹g (see :func:`minimization_status`).
 CONVERGED_DECREMENT = 1e-4
@@ -188,8 +194,10 @@ class ClassicalEstimator:
         phi0 = ps.initial_natural(dtype=dtype, device=device)
         x0 = ps.to_unconstrained(phi0).detach().cpu().numpy()
         zeros = torch.zeros(n, k, dtype=dtype, device=device)
-        # EBE warm starts: the last evaluation's and the best point's EBEs (see solve_ebes' alternatives).
-        state = {"eta": zeros, "eta_best": zeros, "evals": 0, "best": math.inf}
+        # EBE starts (see solve_ebes' alternatives): the best point's and the last evaluation's
+        # EBEs, and η = 0 where "explore" (at the result of the minimization); "ebes_at": the EBEs
+        # of the latest evaluations by point.
+        state = {"eta": zeros, "eta_best": zeros, "evals": 0, "best": math.inf, "ebes_at": {}, "explore": False}
         messages: list[str] = []
 
         inner_tol = self._inner_tol()
@@ -201,7 +209,8 @@ class ClassicalEstimator:
             xt = torch.as_tensor(x, dtype=dtype, device=device).requires_grad_(self.gradient == "exact")
             try:
                 phi = ps.from_unconstrained(xt)
-                total, eta = objective_at_phi(phi, (state["eta"], state["eta_best"]))
+                starts = (state["eta_best"], state["eta"]) + ((zeros,) if state["explore"] else ())
+                total, eta = objective_at_phi(phi, starts)
                 if not bool(torch.isfinite(total)):
                     return _PENALTY, np.zeros_like(x)
                 if self.gradient == "exact":
@@ -220,11 +229,14 @@ class ClassicalEstimator:
             if not np.all(np.isfinite(g)):
                 return _PENALTY, np.zeros_like(x)
             value = float(total.detach())
-            # The last evaluation's EBEs are the natural warm start (nearby trial points of a line
-            # search), but a far trial point can carry them into another local mode, and an
-            # objective that depends on where its EBE search started stalls BFGS: a subject
-            # restarts from the best point's EBEs where they are clearly better (WARM_START_MARGIN).
+            # The best point's EBEs (the current iterate's: line-search trial points lie on a ray
+            # from it) are tracked continuously; the last evaluation's are another start (a far
+            # trial point can carry them into another local mode). An objective that depends on
+            # where its EBE search started stalls BFGS: each subject keeps its lowest mode.
             state["eta"] = eta.detach()
+            state["ebes_at"][x.tobytes()] = state["eta"]
+            if len(state["ebes_at"]) > _EBE_MEMORY:
+                del state["ebes_at"][next(iter(state["ebes_at"]))]
             if value < state["best"]:
                 state["best"], state["eta_best"] = value, eta.detach()
             return value, g
@@ -250,14 +262,37 @@ class ClassicalEstimator:
 
         fun_recorded(x0)
         record(x0)
-        result = optimize.minimize(fun_recorded, x0, jac=True, method="BFGS",
-                                   options={"gtol": self.gtol, "maxiter": self.max_iter},
-                                   callback=lambda xk: (None if np.array_equal(xk, state["last_x"])
-                                                        else fun_recorded(xk), record(xk)))
-        x_hat = result.x
-        final_value, final_grad = fun_recorded(x_hat)
-        status, status_messages = minimization_status(result, final_value, final_grad, self.gtol, self.max_iter,
-                                                      state["evals"])
+        x_hat, restarts = x0, {"lower EBE modes": 0, "precision loss": 0}
+        while True:
+            result = optimize.minimize(fun_recorded, x_hat, jac=True, method="BFGS",
+                                       options={"gtol": self.gtol, "maxiter": self.max_iter},
+                                       callback=lambda xk: (None if np.array_equal(xk, state["last_x"])
+                                                            else fun_recorded(xk), record(xk)))
+            x_hat = result.x
+            # The final EBEs start from the accepted iterate's own EBEs, not the last evaluation's
+            # (e.g. a rejected trial point of the last line search), and every subject also from η = 0.
+            state["eta"] = state["ebes_at"].get(x_hat.tobytes(), state["eta_best"])
+            state["explore"] = True
+            final_value, final_grad = fun_recorded(x_hat)
+            state["explore"] = False
+            status, status_messages = minimization_status(result, final_value, final_grad, self.gtol,
+                                                          self.max_iter, state["evals"])
+            # Restart from the result with a fresh quasi-Newton matrix where η = 0 found lower
+            # modes than the minimization had there, or where it stalled far from a minimum.
+            lower = final_value < result.fun - max(1e-6, 1e-10 * abs(result.fun))
+            stalled = status == "failed" and "precision loss" in str(result.message) and result.nit > 0
+            if not (lower or stalled):
+                break
+            if sum(restarts.values()) == MAX_EBE_RESTARTS:
+                if lower:
+                    status, status_messages = "failed", [
+                        f"EBE searches from η = 0 still found lower modes after {MAX_EBE_RESTARTS} restarts of "
+                        f"the minimization ({state['evals']} objective evaluations)"]
+                break
+            restarts["lower EBE modes" if lower else "precision loss"] += 1
+        if any(restarts.values()):
+            status_messages.append("the minimization restarted from its result (" + ", ".join(
+                f"{why}: {times}" for why, times in restarts.items() if times) + ")")
         messages.extend(status_messages)
         if status != "converged":
             warnings.warn(f"{method.upper()} did not converge: {messages[0]}", ConvergenceWarning, stacklevel=2)
@@ -400,8 +435,9 @@ def approximate_objective(model: NLMEModel, batch, method: str, inner_max_iter: 
     """``objective_at_phi(phi, eta0, per_subject=False) -> (OFV, EBEs)`` of ``method``, differentiable in φ.
 
     The EBEs are re-solved at each φ from ``eta0`` (not for FO), a tensor ``[N, K]`` or a tuple
-    of them (a subject starts from a later one where that lowers its objective by more than
-    :data:`WARM_START_MARGIN`); ``phi`` may be ``[P]`` or
+    of them (each subject is solved from all of them and keeps its lowest converged mode, the
+    first start's unless another is lower by more than :data:`WARM_START_MARGIN`; see
+    :func:`.ebe.solve_ebes`); ``phi`` may be ``[P]`` or
     ``[N, P]`` (one row per subject, for per-subject gradients). ``derivatives`` as in
     :func:`.objective.subject_objective`.
     """
