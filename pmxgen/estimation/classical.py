@@ -17,7 +17,7 @@ import torch
 from scipy import optimize
 
 from ..data.dataset import Dataset
-from ..errors import ConvergenceWarning, EstimationError, IntegrationError, ModelError
+from ..errors import ConvergenceWarning, DatasetWarning, EstimationError, IntegrationError, ModelError
 from ..models.nlme import NLMEModel
 from .covariance import COVARIANCE_KINDS, covariance_step
 from .ebe import solve_ebes
@@ -260,7 +260,7 @@ class ClassicalEstimator:
             state["last_x"] = x.copy()
             return value, g
 
-        fun_recorded(x0)
+        initial_value, initial_grad = fun_recorded(x0)
         record(x0)
         x_hat, restarts = x0, {"lower EBE modes": 0, "precision loss": 0}
         while True:
@@ -294,8 +294,13 @@ class ClassicalEstimator:
             status_messages.append("the minimization restarted from its result (" + ", ".join(
                 f"{why}: {times}" for why, times in restarts.items() if times) + ")")
         messages.extend(status_messages)
+        flat, notes = _identifiability_notes(ps, n, initial_grad, final_grad, max(initial_value, final_value))
+        if flat:
+            status = "failed"
+            messages.insert(0, flat)
         if status != "converged":
             warnings.warn(f"{method.upper()} did not converge: {messages[0]}", ConvergenceWarning, stacklevel=2)
+        messages.extend(notes)
 
         phi_hat = ps.from_unconstrained(torch.as_tensor(x_hat, dtype=dtype, device=device)).detach()
         values = ps.unpack(phi_hat)
@@ -428,6 +433,37 @@ def minimization_status(result: optimize.OptimizeResult, final_value: float, fin
                                   f"raise max_iter or improve initial estimates"]
     tail = f", predicted further OFV decrease {decrement:.3g}" if math.isfinite(decrement) else ""
     return "failed", [f"{result.message} (max |gradient| {grad_max:.3g}{tail}); try other initial estimates"]
+
+
+def _identifiability_notes(ps, n_subjects: int, initial_grad: np.ndarray, final_grad: np.ndarray,
+                           worst_value: float) -> tuple[str, list[str]]:
+    """What the data cannot determine: (a message that fails the minimization, or "", other messages).
+
+    * A gradient element exactly 0 at the initial *and* the final estimates (both finite): the
+      objective does not depend on that parameter (nothing in the data responds to it, e.g. data
+      without any dose, whose predictions are 0 for every parameter value), so it is not
+      identifiable and its "estimate" is its initial value: the minimization fails, as NONMEM's
+      zero-gradient termination, instead of converging silently at the initial values.
+    * One subject: Ω is the variance of the random effects *between* subjects, of which one
+      subject gives one draw, so its estimate is not meaningful and η-shrinkage is not defined
+      (a warning and a message; the fit runs, as NONMEM's would).
+    """
+    flat = ""
+    if worst_value < _PENALTY:
+        names = [name for name, g0, g1 in zip(ps.names, np.asarray(initial_grad), np.asarray(final_grad))
+                 if g0 == 0.0 and g1 == 0.0]
+        if names:
+            flat = (f"the objective does not depend on {', '.join(names)} (gradient exactly 0 at the initial and "
+                    f"final estimates): not identifiable from these data (is there a dose?); their estimates are "
+                    f"the initial values")
+    notes = []
+    omegas = [b.label(r, r) for b in ps.omega if not b.fixed for r in range(b.size)]
+    if n_subjects == 1 and omegas:
+        notes.append(f"one subject: the between-subject variances {', '.join(omegas)} cannot be estimated from one "
+                     f"subject (their estimates are not meaningful and η-shrinkage is not defined); fix Ω "
+                     f"(model.with_fixed) or fit more subjects")
+        warnings.warn(notes[-1], DatasetWarning, stacklevel=4)
+    return flat, notes
 
 
 def approximate_objective(model: NLMEModel, batch, method: str, inner_max_iter: int = 100,
