@@ -320,13 +320,23 @@ class _Problem:
 
 
 def _modified_newton_solve(hess: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``H⁻¹ g`` with H's eigenvalues raised to a positive floor where H is not positive definite."""
+    """``H⁻¹ g`` with H's eigenvalues raised to a positive floor in the rows where H is not positive definite.
+
+    Only those rows: the floor (relative to the largest eigenvalue) would otherwise also cut the
+    steps of an ill-conditioned but positive definite row (a small residual error gives
+    condition numbers far above 1e6), whose Newton steps then stall short of its mode.
+    """
     chol, info = torch.linalg.cholesky_ex(hess)
-    if not bool((info != 0).any()):
+    bad = info != 0
+    if not bool(bad.any()):
         return torch.cholesky_solve(grad[..., None], chol)[..., 0]
-    w, q = torch.linalg.eigh(hess)
+    good = ~bad
+    out = torch.empty_like(grad)
+    out[good] = torch.cholesky_solve(grad[good][..., None], chol[good])[..., 0]
+    w, q = torch.linalg.eigh(hess[bad])
     floor = 1e-6 * w.abs().amax(-1, keepdim=True).clamp_min(1e-12)
     w = torch.maximum(w.abs(), floor)
-    return (q @ ((q.transpose(-1, -2) @ grad[..., None]) / w[..., None]))[..., 0]
+    out[bad] = (q @ ((q.transpose(-1, -2) @ grad[bad][..., None]) / w[..., None]))[..., 0]
+    return out
 
 
