@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import optimize
 
-from ..errors import ConvergenceWarning, EstimationError, IntegrationError, ModelError
+from ..errors import ConvergenceWarning, DatasetWarning, EstimationError, IntegrationError, ModelError
 from ..models.base import PopulationModel, network_weight_count
 from ..models.weights import assign_weights_vector, weight_tensors, weights_vector
 from .base import CliOption, Estimator, check_integer, check_positive
@@ -38,12 +38,18 @@ _PENALTY = 1e12
 DEFAULT_INNER_TOL = 1e-12
 #: Inner (EBE) tolerance on the Newton decrement for the covariance step's re-solved EBEs.
 COVARIANCE_INNER_TOL = 1e-14
-#: A subject's EBE search restarts from the best point's EBEs instead of the last evaluation's
-#: only where that lowers its starting objective by more than this (−2LL units): a wrong local
-#: mode costs several units (9-24 for the flip-flop modes in the tests), while along a line
-#: search the nearby last evaluation stays the start and rounding-level differences do not
-#: switch it.
-WARM_START_MARGIN = 1.0
+#: Every subject's EBEs are solved from several starts (the best point's, the last evaluation's,
+#: and at the result of the minimization also η = 0), and the first (the best point's, tracked
+#: along a line search) is kept unless another start's converged mode is lower by more than this
+#: (−2LL units): rounding-level differences between starts that reach the same mode do not
+#: switch it, any real difference between modes does.
+WARM_START_MARGIN = 1e-9
+#: EBEs of this many latest objective evaluations are kept by point, so that the final EBEs start
+#: from the accepted iterate's own.
+_EBE_MEMORY = 64
+#: Times the minimization may restart from its result, where the EBE search from η = 0 there finds
+#: lower modes than it had or where it stopped at precision loss far from a minimum.
+MAX_EBE_RESTARTS = 5
 #: BFGS stopped by precision loss still counts as converged when its quasi-Newton model predicts
 #: less than this further OFV decrease, ½ gᵀH⁻¹g (see :func:`minimization_status`).
 CONVERGED_DECREMENT = 1e-4
@@ -201,8 +207,10 @@ class ClassicalEstimator(Estimator):
         weights = weight_tensors(model)
         x0 = np.concatenate([ps.to_unconstrained(phi0).detach().cpu().numpy(), weights_vector(model).numpy()])
         zeros = torch.zeros(n, k, dtype=dtype, device=device)
-        # EBE warm starts: the last evaluation's and the best point's EBEs (see solve_ebes' alternatives).
-        state = {"eta": zeros, "eta_best": zeros, "evals": 0, "best": math.inf}
+        # EBE starts (see solve_ebes' alternatives): the best point's and the last evaluation's
+        # EBEs, and η = 0 where "explore" (at the result of the minimization); "ebes_at": the EBEs
+        # of the latest evaluations by point.
+        state = {"eta": zeros, "eta_best": zeros, "evals": 0, "best": math.inf, "ebes_at": {}, "explore": False}
         messages: list[str] = []
 
         inner_tol = self._inner_tol()
@@ -216,7 +224,8 @@ class ClassicalEstimator(Estimator):
             xt = torch.as_tensor(x[:n_named], dtype=dtype, device=device).requires_grad_(self.gradient == "exact")
             try:
                 phi = ps.from_unconstrained(xt)
-                total, eta = objective_at_phi(phi, (state["eta"], state["eta_best"]))
+                starts = (state["eta_best"], state["eta"]) + ((zeros,) if state["explore"] else ())
+                total, eta = objective_at_phi(phi, starts)
                 if weights and self.weight_decay:
                     total = total + float(self.weight_decay) * sum((w * w).sum() for w in weights)
                 if not bool(torch.isfinite(total)):
@@ -238,11 +247,14 @@ class ClassicalEstimator(Estimator):
             if not np.all(np.isfinite(g)):
                 return _PENALTY, np.zeros_like(x)
             value = float(total.detach())
-            # The last evaluation's EBEs are the natural warm start (nearby trial points of a line
-            # search), but a far trial point can carry them into another local mode, and an
-            # objective that depends on where its EBE search started stalls BFGS: a subject
-            # restarts from the best point's EBEs where they are clearly better (WARM_START_MARGIN).
+            # The best point's EBEs (the current iterate's: line-search trial points lie on a ray
+            # from it) are tracked continuously; the last evaluation's are another start (a far
+            # trial point can carry them into another local mode). An objective that depends on
+            # where its EBE search started stalls BFGS: each subject keeps its lowest mode.
             state["eta"] = eta.detach()
+            state["ebes_at"][x.tobytes()] = state["eta"]
+            if len(state["ebes_at"]) > _EBE_MEMORY:
+                del state["ebes_at"][next(iter(state["ebes_at"]))]
             if value < state["best"]:
                 state["best"], state["eta_best"] = value, eta.detach()
             return value, g
@@ -266,21 +278,49 @@ class ClassicalEstimator(Estimator):
             state["last_x"] = x.copy()
             return value, g
 
-        fun_recorded(x0)
+        initial_value, initial_grad = fun_recorded(x0)
         record(x0)
-        # BFGS keeps a dense inverse Hessian: with network weights, L-BFGS (limited memory) instead.
-        result = optimize.minimize(fun_recorded, x0, jac=True, method="L-BFGS-B" if weights else "BFGS",
-                                   options={"gtol": self.gtol, "maxiter": self.max_iter} if not weights else
-                                   {"gtol": self.gtol, "maxiter": self.max_iter, "ftol": 1e-13, "maxcor": 20},
-                                   callback=lambda xk: (None if np.array_equal(xk, state["last_x"])
-                                                        else fun_recorded(xk), record(xk)))
-        x_hat = result.x
-        final_value, final_grad = fun_recorded(x_hat)
-        status, status_messages = minimization_status(result, final_value, final_grad, self.gtol, self.max_iter,
-                                                      state["evals"])
+        x_hat, restarts = x0, {"lower EBE modes": 0, "precision loss": 0}
+        while True:
+            # BFGS keeps a dense inverse Hessian: with network weights, L-BFGS (limited memory) instead.
+            result = optimize.minimize(fun_recorded, x_hat, jac=True, method="L-BFGS-B" if weights else "BFGS",
+                                       options={"gtol": self.gtol, "maxiter": self.max_iter} if not weights else
+                                       {"gtol": self.gtol, "maxiter": self.max_iter, "ftol": 1e-13, "maxcor": 20},
+                                       callback=lambda xk: (None if np.array_equal(xk, state["last_x"])
+                                                            else fun_recorded(xk), record(xk)))
+            x_hat = result.x
+            # The final EBEs start from the accepted iterate's own EBEs, not the last evaluation's
+            # (e.g. a rejected trial point of the last line search), and every subject also from η = 0.
+            state["eta"] = state["ebes_at"].get(x_hat.tobytes(), state["eta_best"])
+            state["explore"] = True
+            final_value, final_grad = fun_recorded(x_hat)
+            state["explore"] = False
+            status, status_messages = minimization_status(result, final_value, final_grad, self.gtol,
+                                                          self.max_iter, state["evals"])
+            # Restart from the result with a fresh quasi-Newton matrix where η = 0 found lower
+            # modes than the minimization had there, or where it stalled far from a minimum.
+            lower = final_value < result.fun - max(1e-6, 1e-10 * abs(result.fun))
+            stalled = status == "failed" and "precision loss" in str(result.message) and result.nit > 0
+            if not (lower or stalled):
+                break
+            if sum(restarts.values()) == MAX_EBE_RESTARTS:
+                if lower:
+                    status, status_messages = "failed", [
+                        f"EBE searches from η = 0 still found lower modes after {MAX_EBE_RESTARTS} restarts of "
+                        f"the minimization ({state['evals']} objective evaluations)"]
+                break
+            restarts["lower EBE modes" if lower else "precision loss"] += 1
+        if any(restarts.values()):
+            status_messages.append("the minimization restarted from its result (" + ", ".join(
+                f"{why}: {times}" for why, times in restarts.items() if times) + ")")
         messages.extend(status_messages)
+        flat, notes = _identifiability_notes(ps, n, initial_grad, final_grad, max(initial_value, final_value))
+        if flat:
+            status = "failed"
+            messages.insert(0, flat)
         if status != "converged":
             warnings.warn(f"{method.upper()} did not converge: {messages[0]}", ConvergenceWarning, stacklevel=2)
+        messages.extend(notes)
 
         phi_hat = ps.from_unconstrained(torch.as_tensor(x_hat[:n_named], dtype=dtype, device=device)).detach()
         values = ps.unpack(phi_hat)
@@ -412,13 +452,45 @@ def minimization_status(result: optimize.OptimizeResult, final_value: float, fin
     return "failed", [f"{result.message} (max |gradient| {grad_max:.3g}{tail}); try other initial estimates"]
 
 
+def _identifiability_notes(ps, n_subjects: int, initial_grad: np.ndarray, final_grad: np.ndarray,
+                           worst_value: float) -> tuple[str, list[str]]:
+    """What the data cannot determine: (a message that fails the minimization, or "", other messages).
+
+    * A gradient element exactly 0 at the initial *and* the final estimates (both finite): the
+      objective does not depend on that parameter (nothing in the data responds to it, e.g. data
+      without any dose, whose predictions are 0 for every parameter value), so it is not
+      identifiable and its "estimate" is its initial value: the minimization fails, as NONMEM's
+      zero-gradient termination, instead of converging silently at the initial values.
+    * One subject: Ω is the variance of the random effects *between* subjects, of which one
+      subject gives one draw, so its estimate is not meaningful and η-shrinkage is not defined
+      (a warning and a message; the fit runs, as NONMEM's would).
+    """
+    flat = ""
+    if worst_value < _PENALTY:
+        names = [name for name, g0, g1 in zip(ps.names, np.asarray(initial_grad), np.asarray(final_grad))
+                 if g0 == 0.0 and g1 == 0.0]
+        if names:
+            flat = (f"the objective does not depend on {', '.join(names)} (gradient exactly 0 at the initial and "
+                    f"final estimates): not identifiable from these data (is there a dose?); their estimates are "
+                    f"the initial values")
+    notes = []
+    omegas = [b.label(r, r) for b in ps.omega if not b.fixed for r in range(b.size)]
+    if n_subjects == 1 and omegas:
+        notes.append(f"one subject: the between-subject variances {', '.join(omegas)} cannot be estimated from one "
+                     f"subject (their estimates are not meaningful and η-shrinkage is not defined); fix Ω "
+                     f"(model.with_fixed) or fit more subjects")
+        warnings.warn(notes[-1], DatasetWarning, stacklevel=4)
+    return flat, notes
+
+
 def approximate_objective(model: PopulationModel, batch, method: str, inner_max_iter: int = 100,
                           inner_tol: float = DEFAULT_INNER_TOL, derivatives: str = "auto") -> Callable:
     """``objective_at_phi(phi, eta0, per_subject=False) -> (OFV, EBEs)`` of ``method``, differentiable in φ.
 
     The EBEs are re-solved at each φ from ``eta0`` (not for FO), a tensor ``[N, K]`` or a tuple
-    of them (a subject starts from a later one where that lowers its objective by more than
-    :data:`WARM_START_MARGIN`); ``phi`` may be ``[P]`` or
+    of them (each subject is solved from all of them and keeps its lowest converged mode, the
+    first start's unless another is lower by more than :data:`WARM_START_MARGIN`; see
+    :func:`.ebe.solve_ebes`); ``phi`` may be ``[P]`` or
     ``[N, P]`` (one row per subject, for per-subject gradients). ``derivatives`` as in
     :func:`.objective.subject_objective`.
     """

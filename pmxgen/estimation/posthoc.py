@@ -62,7 +62,8 @@ def individual_table(model, values: PopulationValues, batch, eta_hat: torch.Tens
 
 def posthoc_tables(model, data: Dataset, values: PopulationValues, eta_hat: torch.Tensor,
                    extra_individual: dict | None = None, variance_at: torch.Tensor | None = None) -> PosthocTables:
-    """Residuals (PRED … CWRES), individual table and SD-based η/ε shrinkage at ``eta_hat``.
+    """Residuals (PRED … CWRES), individual table and SD-based η/ε shrinkage at ``eta_hat`` (η-shrinkage
+    only with more than one subject).
 
     ``variance_at``: predictions at η = 0 for a fit without interaction (FOCE), whose CWRES take
     the residual variance there (see :func:`~pmxgen.diagnostics.residuals.nlme_residuals`).
@@ -73,7 +74,8 @@ def posthoc_tables(model, data: Dataset, values: PopulationValues, eta_hat: torc
     eta_names = model.eta_names(batch)
     eta_np = eta_hat.detach().cpu().numpy()
     omega_diag = torch.diagonal(model.omega_matrix(values, batch)).detach().cpu().numpy()
-    shrink = dict(zip(eta_names, eta_shrinkage(eta_np, omega_diag).tolist()))
+    # η-shrinkage is an SD over subjects: not defined for one subject (left out, not NaN).
+    shrink = dict(zip(eta_names, eta_shrinkage(eta_np, omega_diag).tolist())) if eta_np.shape[0] > 1 else {}
     shrink["EPS"] = epsilon_shrinkage(table["IWRES"].to_numpy())
     individual = individual_table(model, values, batch, eta_hat, data.ids, eta_names, extra_individual)
     return PosthocTables(table, individual, shrink)

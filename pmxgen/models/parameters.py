@@ -473,7 +473,20 @@ class ParameterSet:
         return x
 
     def near_bounds(self, phi: torch.Tensor, rel: float = 1e-3) -> list[str]:
-        """Names of θ estimates within ``rel`` (relative) of a finite bound, and Ω variances near 0."""
+        """Names of θ estimates near a finite bound, and Ω variances near 0 (below 1e-5).
+
+        A θ is near its bound ``b`` when ``|θ − b| <= rel · max(|b|, min(1, |init − b|))``: within
+        ``rel`` of the bound relative to the bound's size, or (bounds at or near 0) to the initial
+        estimate's distance from it capped at 1. A small initial distance keeps a parameter on a
+        small scale from being flagged for being small; the cap keeps a large initial value from
+        flagging an estimate far from its bound.
+
+        Examples
+        --------
+        >>> ps = ParameterSet([Theta("V", 1000.0, lower=0.0)], [], [Sigma("ADD", 1.0)])
+        >>> ps.near_bounds(torch.tensor([0.5, 1.0])), ps.near_bounds(torch.tensor([5e-4, 1.0]))
+        ([], ['V'])
+        """
         vals = self.full_natural(phi)
         near = []
         for t in self.theta:
@@ -481,7 +494,7 @@ class ParameterSet:
                 continue
             v = vals[t.name]
             for bound in (t.lower, t.upper):
-                if math.isfinite(bound) and abs(v - bound) <= rel * max(1.0, abs(bound), abs(t.init)):
+                if math.isfinite(bound) and abs(v - bound) <= rel * max(abs(bound), min(1.0, abs(t.init - bound))):
                     near.append(t.name)
         for b in self.omega:
             if b.fixed:

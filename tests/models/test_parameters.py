@@ -342,11 +342,36 @@ def test_near_bounds():
         return torch.tensor([vals[n] for n in names], dtype=T)
 
     assert ps.near_bounds(phi()) == []
-    # tolerance for CL: 1e-3 * max(1, |0|, |3|) = 3e-3
-    assert ps.near_bounds(phi(CL=0.002)) == ["CL"]
-    assert ps.near_bounds(phi(CL=0.004)) == []
+    # tolerance for CL: 1e-3 * max(|0|, min(1, |3 - 0|)) = 1e-3
+    assert ps.near_bounds(phi(CL=0.0009)) == ["CL"]
+    assert ps.near_bounds(phi(CL=0.0011)) == []
+    # F in (0, 1) from 0.5: 1e-3 * max(1, 0.5) at the upper bound, 1e-3 * max(0, 0.5) at the lower one
     assert ps.near_bounds(phi(F=0.9995)) == ["F"]
-    assert ps.near_bounds(phi(F=0.0005)) == ["F"]
+    assert ps.near_bounds(phi(F=0.998)) == []
+    assert ps.near_bounds(phi(F=0.0004)) == ["F"]
+    assert ps.near_bounds(phi(F=0.0006)) == []
     assert ps.near_bounds(phi(E=-1e6)) == []                      # no finite bound
     assert ps.near_bounds(phi(OMEGA_KA=1e-7)) == ["OMEGA(KA)"]
     assert ps.near_bounds(phi(OMEGA_V=1e-6, CL=1e-4)) == ["CL", "OMEGA(V)"]
+
+
+def test_near_bounds_does_not_grow_with_a_large_initial_value():
+    """A large initial value must not flag an estimate far from its bound (the tolerance was
+    1e-3 * |init| = 1 here, so V = 0.5 was 'near 0'); a parameter on a small scale is judged on its
+    own scale (init 1e-3: 5e-4 is not near 0, 1e-7 is)."""
+    ps = ParameterSet([Theta("V", 1000.0, lower=0.0), Theta("K", 1e-3, lower=0.0),
+                       Theta("VMAX", 5000.0, lower=10.0, upper=1e5)], [], [Sigma("ADD", 1.0)])
+
+    def phi(v=1000.0, k=1e-3, vmax=5000.0):
+        return torch.tensor([v, k, vmax, 1.0], dtype=T)
+
+    assert ps.near_bounds(phi(v=0.5)) == []
+    assert ps.near_bounds(phi(v=2e-3)) == []
+    assert ps.near_bounds(phi(v=5e-4)) == ["V"]
+    assert ps.near_bounds(phi(k=5e-4)) == []
+    assert ps.near_bounds(phi(k=1e-7)) == ["K"]
+    # a bound away from 0: relative to the bound (1e-3 * 10 and 1e-3 * 1e5)
+    assert ps.near_bounds(phi(vmax=10.02)) == []
+    assert ps.near_bounds(phi(vmax=10.005)) == ["VMAX"]
+    assert ps.near_bounds(phi(vmax=99950.0)) == ["VMAX"]
+    assert ps.near_bounds(phi(vmax=99800.0)) == []
