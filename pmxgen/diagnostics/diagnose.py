@@ -166,10 +166,13 @@ class Diagnostics:
 
 def _shrinkage(run) -> dict:
     shrink = dict(run.fit.shrinkage or {})
-    if not shrink:
+    # Recomputed only where the fit could have reported it: η-shrinkage needs EBEs and more than
+    # one subject (the FitResult says why it has none), ε-shrinkage needs IWRES.
+    if not shrink and run.fit.ebe is not None and run.fit.n_subjects > 1:
         omega = run.model.omega_matrix(run.values, run.data.batch).detach().cpu().numpy()
         shrink = dict(zip(run.fit.eta_names, eta_shrinkage(np.asarray(run.fit.ebe), np.diag(omega)).tolist()))
-        shrink["EPS"] = epsilon_shrinkage(run.fit.observations["IWRES"].to_numpy(dtype=float))
+        if "IWRES" in run.fit.observations.columns:
+            shrink["EPS"] = epsilon_shrinkage(run.fit.observations["IWRES"].to_numpy(dtype=float))
     return {str(k): float(v) for k, v in shrink.items()}
 
 
