@@ -5,8 +5,8 @@ with the same mean and, per precision eigenvalue λ, variance 1/(λ(1 − ελ/4
 
 Mixture 0.8·N((5, 5), I) + 0.2·N((−5, −5), I) from uniform starts on [−8, 8]² (4000 chains, exact
 scores): annealed Langevin (σ 20 → 1, 20 levels, 100 steps each, ε = 0.1) gives weight 0.7935 to
-the (5, 5) mode; plain Langevin (2000 steps of ε = 0.1 on the exact score) gives 0.4935 (0.486 of the starts are nearer (5, 5)), the share
-of starting points nearer (5, 5), since chains never cross between the modes.
+the (5, 5) mode; plain Langevin (2000 steps of ε = 0.1 on the exact score) gives 0.4935, about the
+share of starting points nearer (5, 5) (0.486), since its chains never cross between the modes.
 """
 import pytest
 import torch
