@@ -49,7 +49,8 @@ def check_batch(x: object, who: str, dim: int | None = None, *, finite: bool = T
                          f"{tuple(x.shape)}, expected [batch, {dim}]")
     if finite and not bool(torch.isfinite(x).all()):
         i, j, v = _first_bad(x)
-        raise DatasetError(f"{who}: x holds a non-finite value", source="x", row=i, column=str(j), value=v,
+        raise DatasetError(f"{who}: x holds a non-finite value at row {i}, column {j} (counted from 0)", source="x",
+                           row=i, column=str(j), value=v,
                            fix="remove or impute rows with NaN or infinite values before fitting or sampling")
     return x
 
@@ -82,7 +83,7 @@ def as_data(data: object, who: str, *, dtype: torch.dtype, device: torch.device 
         except (TypeError, ValueError):
             raise DatasetError(f"{who}: data must be a 2-D array of numbers [rows, columns]", source="data",
                                fix="pass a tensor, a numpy array or a DataFrame of numbers") from None
-        t = torch.from_numpy(arr)
+        t = torch.tensor(arr)
     if t.dim() != 2:
         raise DatasetError(f"{who}: data must be 2-D [rows, columns] (one row per individual); found shape "
                            f"{tuple(t.shape)}", source="data", fix="reshape, e.g. x.reshape(-1, 1) for one column")
@@ -94,7 +95,8 @@ def as_data(data: object, who: str, *, dtype: torch.dtype, device: torch.device 
     t = t.to(dtype=dtype, device=device)
     if not bool(torch.isfinite(t).all()):
         i, j, v = _first_bad(t)
-        raise DatasetError(f"{who}: the data hold a non-finite value", source="data",
+        where = "" if rows is not None else f" at row {i}, column {j} (counted from 0)"
+        raise DatasetError(f"{who}: the data hold a non-finite value{where}", source="data",
                            row=rows[i] if rows is not None else i,
                            column=columns[j] if columns is not None else str(j), value=v,
                            fix="remove or impute rows with NaN or infinite values")

@@ -4,7 +4,7 @@ Measured (600 training rows, 2000 samples): a noise-conditional EnergyNetwork tr
 noise-conditional DSM on 0.7·N((2, 0), 0.4²I) + 0.3·N((−2, 0), 0.4²I) and sampled by annealed
 Langevin gives weight 0.72 to the right cluster and energy distance 0.004 to the data (a Gaussian
 with the data's moments: 0.19; a second sample of the truth: 0.006). An EnergyNetwork trained by
-SSM-VR on a banana (x₂ = x₁²/2 − ½ + 0.3z) and sampled by MALA: energy distance 0.003 (Gaussian
+SSM-VR on a banana (x₂ = x₁²/2 − ½ + 0.3z) and sampled by MALA: energy distance 0.004 (Gaussian
 with the data's moments: 0.047).
 """
 import pytest
