@@ -3,6 +3,11 @@
 :mod:`pmxgen.generative.flows`: normalizing flows with a batch of independent flows (one per
 subject), used as flexible per-subject distributions such as variational posteriors of η.
 
+:mod:`pmxgen.generative.score`: score matching (explicit, sliced, denoising, noise-conditional),
+energy-based models (Gaussian energy, energy and score networks) fitted by score matching,
+contrastive divergence or noise-contrastive estimation, and Langevin samplers (ULA, MALA,
+annealed Langevin).
+
 Examples
 --------
 >>> import torch
@@ -10,6 +15,12 @@ Examples
 >>> flow = build_flow("affine+planar*2", dim=3, batch_shape=(4,))
 >>> flow.dim, flow.batch_shape
 (3, (4,))
+>>> from pmxgen.generative import GaussianEnergy, fit_energy
+>>> x = torch.randn(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+>>> model = GaussianEnergy(2)
+>>> _ = fit_energy(model, x, loss="explicit", optimizer="lbfgs", max_iter=50)
+>>> bool(torch.allclose(model.mean, x.mean(0)))
+True
 """
 from .flows import (
     FLOW_TYPES,
@@ -22,6 +33,35 @@ from .flows import (
     RadialFlow,
     build_flow,
 )
+from .score import (
+    ContrastiveDivergence,
+    DenoisingScoreMatching,
+    EnergyFit,
+    EnergyNetwork,
+    ExplicitScoreMatching,
+    GaussianEnergy,
+    Loss,
+    NoiseConditionalScoreMatching,
+    NoiseConditionalScoreNetwork,
+    NoiseContrastiveEstimation,
+    SlicedScoreMatching,
+    annealed_langevin,
+    denoising_score_matching,
+    explicit_score_matching,
+    fit_energy,
+    geometric_sigmas,
+    mala,
+    noise_conditional_score_matching,
+    score_from_energy,
+    sliced_score_matching,
+    ula,
+)
 
 __all__ = ["Flow", "AffineFlow", "PlanarFlow", "RadialFlow", "AffineCouplingFlow", "ComposedFlow", "build_flow",
-           "FLOW_TYPES", "FlowDistribution"]
+           "FLOW_TYPES", "FlowDistribution",
+           # score matching, energy-based models, Langevin sampling (pmxgen.generative.score)
+           "explicit_score_matching", "sliced_score_matching", "denoising_score_matching",
+           "noise_conditional_score_matching", "score_from_energy", "geometric_sigmas", "Loss",
+           "ExplicitScoreMatching", "SlicedScoreMatching", "DenoisingScoreMatching", "NoiseConditionalScoreMatching",
+           "ContrastiveDivergence", "NoiseContrastiveEstimation", "GaussianEnergy", "EnergyNetwork",
+           "NoiseConditionalScoreNetwork", "fit_energy", "EnergyFit", "ula", "mala", "annealed_langevin"]
