@@ -49,7 +49,7 @@ METHODS = ("focei", "laplace")
 def time_route(model, data, how: str, repeats: int):
     """(best EBE time, {method: (best objective-with-gradient time, gradient)}) of route ``how``."""
     batch = data.batch
-    ps = model.parameters
+    ps = model.parameter_set
     phi0 = ps.initial_natural(dtype=batch.dtype, device=batch.device)
     values = ps.unpack(phi0)
     eta0 = torch.zeros(batch.n_subjects, len(model.eta_names(batch)), dtype=batch.dtype, device=batch.device)

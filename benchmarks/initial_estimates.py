@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         base = base_model(name, data)
         ofvs = []
         for factor in FACTORS:
-            model = base.with_initial({t.name: t.init * factor for t in base.parameters.theta})
+            model = base.with_initial({t.name: t.init * factor for t in base.parameter_set.theta})
             start = time.perf_counter()
             fit = pmxgen.fit(model, data, method="focei", covariance=None)
             seconds = time.perf_counter() - start

@@ -88,15 +88,15 @@ def _cmd_demo(args) -> int:
     model_name = args.model or model_name
     typical = {**typical, **_parse_params(args.param)}
     model = get_model(model_name)
-    missing = [p for p in model.parameters if p not in typical]
+    missing = [p for p in model.parameter_names if p not in typical]
     if missing:
         raise UsageError(f"give typical values for {', '.join(missing)} with --param NAME=VALUE")
     model.check_dataset(ds)
     print(ds.summary())
     print(f"\nModel {model_name}; typical values " + ", ".join(f"{k}={v:g}" for k, v in typical.items()))
     pred = model.predict({k: torch.tensor(v, dtype=ds.dtype) for k, v in typical.items()}, ds.batch)
-    sim = pmxgen.simulate_dataset(model, ds, theta={k: typical[k] for k in model.parameters},
-                                  omega={k: args.omega for k in model.parameters},
+    sim = pmxgen.simulate_dataset(model, ds, theta={k: typical[k] for k in model.parameter_names},
+                                  omega={k: args.omega for k in model.parameter_names},
                                   error={"proportional": args.prop_error}, seed=args.seed)
     obs = ds.batch.obs
     observed = obs.dv[obs.mask].cpu().numpy()

@@ -15,7 +15,7 @@ import torch
 from .errors import ModelError
 from .estimation.results import FitResult
 from .models.base import PopulationModel
-from .models.parameters import PopulationValues
+from .models.parameter_set import PopulationValues
 
 __all__ = ["Run", "load_run", "fitted_values", "apply_network_weights", "model_from_recipe", "data_from_recipe"]
 
@@ -58,7 +58,7 @@ def fitted_values(model: PopulationModel, fit: FitResult, dtype: torch.dtype = t
     >>> round(float(values.theta["CL"]), 6) == round(fit.estimates["CL"], 6)
     True
     """
-    ps = model.parameters
+    ps = model.parameter_set
     missing = [n for n in ps.names if n not in fit.estimates]
     if missing:
         raise ModelError(f"the fit has no estimates of {missing}: it was made with another model "

@@ -71,7 +71,7 @@ def test_fit_with_initial_and_fixed_values(tmp_path, capsys):
     fit = FitResult.from_json(out / "fit.json")
     assert fit.history[0]["CL"] == pytest.approx(3.0, rel=1e-12)   # started from --init
     run = pmxgen.load_run(out)                               # the run rebuilds the same model
-    assert run.model.parameters.names == ("CL", "V", "OMEGA(KA)", "OMEGA(CL)")
+    assert run.model.parameter_set.names == ("CL", "V", "OMEGA(KA)", "OMEGA(CL)")
     assert main(["fit", "theophylline", "--model", "1cmt_oral", "--iiv", "KA,CL", "--fix", "OMEGA(V)=0.1"]) == 2
     assert "unknown parameters ['OMEGA(V)']" in capsys.readouterr().err
     assert main(["fit", "theophylline", "--model", "1cmt_oral", "--fix", "KA=abc"]) == 2

@@ -41,7 +41,7 @@ def test_model_file_recipe(tmp_path):
     fit = pmxgen.fit(model, data, method="fo", covariance=None, cpu_threads=1)
     assert fit.model_recipe == {"file": str(path.resolve())}
     run = load_run(fit)
-    assert run.model.parameters.names == model.parameters.names
+    assert run.model.parameter_set.names == model.parameter_set.names
 
 
 def test_data_file_recipe(tmp_path):

@@ -34,7 +34,7 @@ from scipy import stats
 
 from ..errors import ModelError
 from ..models.base import PopulationModel
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 from .simulate import observation_batch, simulate_replicates
 
 __all__ = ["NPDEResult", "npde_from_simulations", "compute_npde", "likelihood_scale", "normality_tests"]
@@ -203,7 +203,7 @@ def compute_npde(model: PopulationModel, values: PopulationValues, data, *, n_si
     >>> import pmxgen
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> r = compute_npde(model, values, data, n_simulations=200, seed=3)
     >>> r.npde.shape, r.n_blq, int(np.isfinite(r.npde).sum())
     ((12, 11), 0, 132)

@@ -27,7 +27,7 @@ import torch
 
 from ..data.batching import SubjectBatch
 from ..models.nlme import NLMEModel, ObservedData
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 
 __all__ = ["nlme_residuals", "whitened_residuals", "inverse_sqrt_covariance", "eta_shrinkage", "epsilon_shrinkage"]
 
@@ -134,7 +134,7 @@ def nlme_residuals(model: NLMEModel, values: PopulationValues, batch: SubjectBat
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={"KA": (0, 1.5), "CL": (0, 2.8), "V": (0, 32.0)},
     ...                   omega={"KA": 0.4, "CL": 0.07}, error={"kind": "additive", "init": {"ADD": 0.5}})
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> eta = torch.zeros(data.n_subjects, 2, dtype=torch.float64)
     >>> res = nlme_residuals(model, values, data.batch, eta)
     >>> sorted(res), res["CWRES"].shape == data.batch.obs.dv.shape

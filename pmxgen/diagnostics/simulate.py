@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ModelError
 from ..models.base import PopulationModel
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 
 __all__ = ["simulate_replicates", "generator_for", "observation_batch", "observation_index"]
 
@@ -84,7 +84,7 @@ def simulate_replicates(model: PopulationModel, values: PopulationValues, data, 
     >>> import pmxgen
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> sims = simulate_replicates(model, values, data, 50, seed=1)
     >>> tuple(sims.shape)
     (50, 12, 11)

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import DatasetError, ModelError
 from ..models.base import PopulationModel
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 from .simulate import observation_batch, simulate_replicates
 
 __all__ = ["VPCResult", "auto_bins", "vpc_from_simulations", "compute_vpc", "strata_from_covariate"]
@@ -302,7 +302,7 @@ def compute_vpc(model: PopulationModel, values: PopulationValues, data, *, n_sim
     >>> import pmxgen
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> r = compute_vpc(model, values, data, n_simulations=100, seed=1, pred_corr=True, stratify="WT")
     >>> sorted(r.table.stratum.unique()), r.pred_corrected
     (['WT <= 70.5', 'WT > 70.5'], True)

@@ -197,7 +197,7 @@ class ClassicalEstimator(Estimator):
     def _fit(self, model: PopulationModel, data) -> FitResult:
         started = time.perf_counter()
         batch = data.batch
-        ps = model.parameters
+        ps = model.parameter_set
         method = self.method
         n, k = batch.n_subjects, len(model.eta_names(batch))
         dtype, device = batch.dtype, batch.device
@@ -494,7 +494,7 @@ def approximate_objective(model: PopulationModel, batch, method: str, inner_max_
     ``[N, P]`` (one row per subject, for per-subject gradients). ``derivatives`` as in
     :func:`.objective.subject_objective`.
     """
-    ps = model.parameters
+    ps = model.parameter_set
     cache: dict = {}
 
     def ebes(values, eta0):

@@ -21,7 +21,7 @@ import torch
 from ..data.batching import SubjectBatch
 from ..errors import IntegrationError, ModelError
 from ..models.base import ObservedData, PopulationModel
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 from .expansion import expanded_model, resolve_derivatives
 from .linearization import inner_objective
 from .objective import _detached_values, exact_eta_hessian

@@ -19,7 +19,7 @@ import torch
 
 from ..data.batching import SubjectBatch
 from ..errors import EstimationError, IntegrationError, ModelError
-from ..models.parameters import ParameterSet, PopulationValues
+from ..models.parameter_set import ParameterSet, PopulationValues
 from .mu_reference import MuReference, find_mu_references
 
 __all__ = ["EMParameters", "sufficient_statistics"]
@@ -59,7 +59,7 @@ class EMParameters:
 
     def __init__(self, model, batch: SubjectBatch):
         self.model = model
-        self.ps: ParameterSet = model.parameters
+        self.ps: ParameterSet = model.parameter_set
         ps = self.ps
         self.phi = ps.initial_natural(dtype=batch.dtype, device=batch.device)
         self.k = len(model.eta_names(batch))

@@ -39,7 +39,7 @@ import torch
 from ..data.batching import SubjectBatch
 from ..errors import EstimationError, ModelError
 from ..models.base import PopulationModel
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 from ..structural.base import StructuralModel
 from ..structural.closed_form import LinearCompartmentModel
 
@@ -80,7 +80,7 @@ class TaylorExpansion(StructuralModel):
                  third: torch.Tensor | None = None):
         self.base = base
         self.compartments = base.compartments
-        self.parameters = base.parameters
+        self.parameter_names = base.parameter_names
         self.default_dose_cmt, self.default_obs_cmt = base.default_dose_cmt, base.default_obs_cmt
         self.name = base.name
         self.names = tuple(names)

@@ -15,7 +15,7 @@ import torch
 from ..data.batching import SubjectBatch
 from ..errors import EstimationError
 from ..models.base import PopulationModel
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 
 __all__ = ["ImportanceSamplingResult", "importance_sampling", "importance_sampling_from_draws", "summarize_log_weights",
            "multivariate_t_log_density"]
@@ -107,7 +107,7 @@ def importance_sampling_from_draws(model: PopulationModel, values: PopulationVal
     >>> from pmxgen.estimation.importance import importance_sampling_from_draws
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = pmxgen.build_model("1cmt_oral", data, iiv=("KA", "CL"))
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> prior = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), values.omega)
     >>> draws = prior.sample((50, data.n_subjects))
     >>> result = importance_sampling_from_draws(model, values, data.batch, draws, prior.log_prob(draws))

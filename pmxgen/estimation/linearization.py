@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from ..models.base import ObservedData, PopulationModel
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 from ..data.batching import SubjectBatch
 
 __all__ = ["eta_jacobian", "Linearization", "linearize", "fisher_information", "inner_objective"]

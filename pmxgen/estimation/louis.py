@@ -41,12 +41,12 @@ def louis_information(model: PopulationModel, phi: torch.Tensor, batch: SubjectB
     >>> from pmxgen.estimation.mcmc import sample_conditional
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> phi = model.parameters.initial_natural()
-    >>> draws = sample_conditional(model, model.parameters.unpack(phi), data.batch, n_draws=20, burn_in=10)
+    >>> phi = model.parameter_set.initial_natural()
+    >>> draws = sample_conditional(model, model.parameter_set.unpack(phi), data.batch, n_draws=20, burn_in=10)
     >>> louis_information(model, phi, data.batch, draws).shape
     torch.Size([6, 6])
     """
-    ps = model.parameters
+    ps = model.parameter_set
     s_total, n, k = draws.shape
     p = phi.numel()
     chunk = max(1, min(s_total, max_rows // max(n, 1)))
@@ -85,7 +85,7 @@ def louis_information(model: PopulationModel, phi: torch.Tensor, batch: SubjectB
 def louis_covariance(model: PopulationModel, phi: torch.Tensor, batch: SubjectBatch, draws: torch.Tensor,
                      mu_refs: Sequence = (), rank_tolerance: float = 1e-8) -> CovarianceResult:
     """Covariance ``I⁻¹`` of the estimates, with a status (never raises on numerical failure)."""
-    names = model.parameters.names
+    names = model.parameter_set.names
     try:
         info = louis_information(model, phi, batch, draws, mu_refs).cpu().numpy()
     except Exception as exc:  # reported, not raised: the fit itself stands

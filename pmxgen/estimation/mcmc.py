@@ -26,7 +26,7 @@ import torch
 from ..data.batching import SubjectBatch
 from ..errors import EstimationError, IntegrationError, ModelError
 from ..models.base import PopulationModel
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 
 __all__ = ["KERNELS", "ConditionalTarget", "KernelState", "apply_kernels", "sample_conditional", "validate_kernels"]
 
@@ -63,7 +63,7 @@ class ConditionalTarget:
     >>> import pmxgen, torch
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> target = ConditionalTarget(model, values, data.batch)
     >>> target.log_density(torch.zeros(12, 2, dtype=torch.float64)).shape
     torch.Size([12])
@@ -202,7 +202,7 @@ def sample_conditional(model: PopulationModel, values: PopulationValues, batch: 
     >>> import pmxgen
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> sample_conditional(model, values, data.batch, n_draws=20, burn_in=5).shape
     torch.Size([20, 12, 2])
     """

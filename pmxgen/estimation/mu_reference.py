@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.batching import SubjectBatch
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 
 __all__ = ["MuReference", "find_mu_references"]
 
@@ -59,7 +59,7 @@ def find_mu_references(model, values: PopulationValues, batch: SubjectBatch, est
     >>> import pmxgen
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> [(m.theta, m.eta_index, m.scale) for m in find_mu_references(model, values, data.batch, {"KA", "CL", "V"}, 2)]
     [('KA', 0, 'log'), ('CL', 1, 'log')]
     """

@@ -25,7 +25,7 @@ import torch
 from ..data.batching import SubjectBatch
 from ..errors import EstimationError
 from ..models.base import ObservedData, PopulationModel
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 from .expansion import DERIVATIVES, expanded_model, resolve_derivatives
 from .linearization import fisher_information, inner_objective, linearize
 

@@ -9,7 +9,7 @@ import torch
 
 from ..data.dataset import Dataset
 from ..diagnostics.residuals import epsilon_shrinkage, eta_shrinkage, nlme_residuals
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 from .objective import log_two_pi_count
 
 __all__ = ["PosthocTables", "posthoc_tables", "generic_tables", "observation_table", "individual_table",
@@ -130,7 +130,7 @@ def estimate_messages(ps, phi_hat: torch.Tensor, importance: dict | None = None)
 def common_result_fields(model, data: Dataset, phi_hat: torch.Tensor, cov_result, covariance_method) -> dict:
     """The FitResult fields every estimator fills the same way: names, estimates, SEs, the
     covariance step's outcome, sizes, IDs and the recipes that rebuild the run."""
-    ps = model.parameters
+    ps = model.parameter_set
     se, cov_matrix = standard_errors(ps, cov_result)
     return dict(
         model_name=getattr(model, "name", type(model).__name__), data_source=str(data.source),

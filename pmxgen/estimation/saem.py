@@ -310,7 +310,7 @@ class _EMEstimator(Estimator):
 
     def _finish(self, model, data, em, kernels, state, status, messages, history, started) -> FitResult:
         batch = data.batch
-        ps = model.parameters
+        ps = model.parameter_set
         n, k = batch.n_subjects, em.k
         phi_hat = em.phi.detach()
         values = ps.unpack(phi_hat)

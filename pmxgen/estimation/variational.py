@@ -247,7 +247,7 @@ class VariationalEM(Estimator):
     def _fit(self, model, data) -> FitResult:
         started = time.perf_counter()
         batch = data.batch
-        ps = model.parameters
+        ps = model.parameter_set
         n, k = batch.n_subjects, len(model.eta_names(batch))
         dtype, device = batch.dtype, batch.device
         gen = torch.Generator(device=device)

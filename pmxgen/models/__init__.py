@@ -4,7 +4,7 @@ from .covariate_effects import categorical_effect, exponential_effect, linear_ef
 from .library import DEFAULT_IIV, LIBRARY, build_model, initial_estimates
 from .nlme import NLMEModel
 from .ppca import PPCAModel, PPCAResult, fit_ppca, ppca_dataset, ppca_log_likelihood, ppca_matrix, ppca_posterior
-from .parameters import OmegaBlock, ParameterSet, PopulationValues, Sigma, Theta
+from .parameter_set import OmegaBlock, ParameterSet, PopulationValues, Sigma, Theta
 from .residual_error import ERROR_MODELS, ResidualError
 
 __all__ = ["PopulationModel", "gaussian_log_prior", "TIERS", "capabilities", "require_capabilities", "NLMEModel", "ObservedData", "Theta", "OmegaBlock", "Sigma",

@@ -3,7 +3,7 @@
 A :class:`PopulationModel` says how each subject's data arise from population parameters and
 subject-level latent variables η, for all subjects of a :class:`~pmxgen.data.SubjectBatch` at
 once: ``log p(y_i | η_i, θ)``, ``log p(η_i | θ)``, predictions, sampling of η and y, and its
-parameters (named θ/Ω/σ in a :class:`~pmxgen.models.parameters.ParameterSet`, plus optional
+parameters (named θ/Ω/σ in a :class:`~pmxgen.models.parameter_set.ParameterSet`, plus optional
 ``torch.nn.Module`` weights in :attr:`PopulationModel.networks`).
 
 Estimators need more than the base contract for some methods. What a model offers beyond it
@@ -35,7 +35,7 @@ import torch
 
 from ..data.batching import SubjectBatch
 from ..errors import ModelError
-from .parameters import ParameterSet, PopulationValues
+from .parameter_set import ParameterSet, PopulationValues
 
 __all__ = ["PopulationModel", "ObservedData", "gaussian_log_prior", "TIERS", "capabilities", "require_capabilities",
            "network_weight_count", "network_weight_norm"]
@@ -84,7 +84,7 @@ class PopulationModel(ABC):
     >>> class RandomIntercept(PopulationModel):
     ...     name = "random intercept"
     ...     def __init__(self):
-    ...         self.parameters = ParameterSet([Theta("MU", 0.0)], [OmegaBlock(["MU"], [1.0])], [Sigma("ADD", 1.0)])
+    ...         self.parameter_set = ParameterSet([Theta("MU", 0.0)], [OmegaBlock(["MU"], [1.0])], [Sigma("ADD", 1.0)])
     ...     def predict(self, eta, values, batch):
     ...         return (values.theta["MU"] + eta[:, :1]).expand(batch.obs.dv.shape)
     ...     def log_likelihood(self, eta, values, batch):
@@ -99,12 +99,12 @@ class PopulationModel(ABC):
     """
 
     #: The named parameters (θ, Ω, σ) with their initial values, bounds and fixed flags.
-    parameters: ParameterSet
+    parameter_set: ParameterSet
     name: str = "population model"
     #: How to rebuild this model (set by :func:`~pmxgen.models.build_model` and the model-file
     #: loader; stored in the FitResult so that a results folder can be reloaded), or None.
     recipe: dict | None = None
-    #: The distribution of η: ``"gaussian"`` means ``N(0, Ω)`` with Ω from :attr:`parameters`
+    #: The distribution of η: ``"gaussian"`` means ``N(0, Ω)`` with Ω from :attr:`parameter_set`
     #: (the ``gaussian_random_effects`` tier); a model with another prior overrides
     #: :meth:`log_prior` and :meth:`sample_eta` and sets another name.
     eta_distribution: str = "gaussian"
@@ -137,7 +137,7 @@ class PopulationModel(ABC):
     # -------------------------------------------------------------- η layout
     def eta_names(self, batch: SubjectBatch) -> tuple[str, ...]:
         """Names of the columns of η for this batch."""
-        return self.parameters.eta_names
+        return self.parameter_set.eta_names
 
     def omega_matrix(self, values: PopulationValues, batch: SubjectBatch) -> torch.Tensor:
         """Covariance of η ``[..., K, K]`` for this batch."""
@@ -177,7 +177,7 @@ class PopulationModel(ABC):
         first subject where it is not finite; models override it with more specific checks.
         """
         batch = dataset.batch
-        values = self.parameters.unpack(self.parameters.initial_natural(dtype=batch.dtype, device=batch.device))
+        values = self.parameter_set.unpack(self.parameter_set.initial_natural(dtype=batch.dtype, device=batch.device))
         eta = torch.zeros(batch.n_subjects, len(self.eta_names(batch)), dtype=batch.dtype, device=batch.device)
         with torch.no_grad():
             ll = self.log_likelihood(eta, values, batch)

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ModelError
 from ..structural.library import get_model
 from .nlme import NLMEModel
-from .parameters import OmegaBlock, Theta
+from .parameter_set import OmegaBlock, Theta
 from .residual_error import ERROR_MODELS, ResidualError
 
 __all__ = ["build_model", "initial_estimates", "LIBRARY", "DEFAULT_IIV"]
@@ -153,7 +153,7 @@ def build_model(name: str, data=None, *, error: str | ResidualError = "combined"
     Examples
     --------
     >>> model = build_model("1cmt_oral", error="additive", iiv=("KA", "CL"))
-    >>> model.parameters.names
+    >>> model.parameter_set.names
     ('KA', 'CL', 'V', 'OMEGA(KA)', 'OMEGA(CL)', 'SIGMA(ADD)')
     """
     if name not in LIBRARY:
@@ -161,14 +161,14 @@ def build_model(name: str, data=None, *, error: str | ResidualError = "combined"
     structural = get_model(name)
     theta0 = initial_estimates(name, data)
     for key, value in dict(init or {}).items():
-        if key not in structural.parameters:
-            raise ModelError(f"init names {key!r}, not a parameter of {name} ({', '.join(structural.parameters)})")
+        if key not in structural.parameter_names:
+            raise ModelError(f"init names {key!r}, not a parameter of {name} ({', '.join(structural.parameter_names)})")
         theta0[key] = float(value)
     iiv = tuple(DEFAULT_IIV[name] if iiv is None else iiv)
     for group, label in ((iiv, "iiv"), (tuple(iov), "iov")):
-        bad = [p for p in group if p not in structural.parameters]
+        bad = [p for p in group if p not in structural.parameter_names]
         if bad:
-            raise ModelError(f"{label} names {bad}, not parameters of {name} ({', '.join(structural.parameters)})")
+            raise ModelError(f"{label} names {bad}, not parameters of {name} ({', '.join(structural.parameter_names)})")
     if isinstance(error, ResidualError):
         err = error
     else:
@@ -177,7 +177,7 @@ def build_model(name: str, data=None, *, error: str | ResidualError = "combined"
         sig = _default_sigma(error, data)
         sig.update({k.upper(): v for k, v in dict(sigma_init or {}).items()})
         err = ResidualError(error, sig)
-    thetas = [Theta(p, theta0[p], lower=0.0) for p in structural.parameters]
+    thetas = [Theta(p, theta0[p], lower=0.0) for p in structural.parameter_names]
     if full_omega and len(iiv) > 1:
         omega = [OmegaBlock(iiv, np.eye(len(iiv)) * omega_init)]
     else:

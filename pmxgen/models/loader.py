@@ -22,7 +22,7 @@ def load_model_file(path: str | Path, data=None) -> PopulationModel:
     >>> import pathlib, tempfile
     >>> src = 'import pmxgen\\nmodel = pmxgen.build_model("1cmt_oral", error="additive")\\n'
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "m.py"; _ = f.write_text(src)
-    >>> load_model_file(f).parameters.names[:3]
+    >>> load_model_file(f).parameter_set.names[:3]
     ('KA', 'CL', 'V')
     """
     path = Path(path)

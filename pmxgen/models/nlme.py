@@ -12,7 +12,7 @@ from ..data.batching import BaselineCovariates, SubjectBatch
 from ..errors import DatasetError, DatasetWarning, ModelError
 from ..structural.base import DOSE_PARAMETER, StructuralModel
 from .base import ObservedData, PopulationModel
-from .parameters import ParameterSet, PopulationValues, Theta, omega_blocks
+from .parameter_set import ParameterSet, PopulationValues, Theta, omega_blocks
 from .residual_error import ResidualError, censored_neg2ll, normal_neg2ll, residual_error
 
 __all__ = ["NLMEModel", "ObservedData", "IndividualModel"]
@@ -65,9 +65,9 @@ class NLMEModel(PopulationModel):
     >>> data = pmxgen.datasets.load("theophylline")
     >>> model = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={"KA": (0, 1.5), "CL": (0, 2.8), "V": (0, 32.0)},
     ...                   omega={"KA": 0.4, "CL": 0.07}, error={"kind": "additive", "init": {"ADD": 0.5}})
-    >>> model.parameters.names
+    >>> model.parameter_set.names
     ('KA', 'CL', 'V', 'OMEGA(KA)', 'OMEGA(CL)', 'SIGMA(ADD)')
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> eta = torch.zeros(data.n_subjects, 2, dtype=torch.float64)
     >>> model.log_likelihood(eta, values, data.batch).shape
     torch.Size([12])
@@ -95,19 +95,19 @@ class NLMEModel(PopulationModel):
         if clash:
             raise ModelError(f"η names {sorted(clash)} are used for both IIV and IOV; name IOV effects apart "
                              f"(e.g. IOV_CL)")
-        self.parameters = ParameterSet(thetas, iiv_blocks + iov_blocks, self.error.sigmas())
+        self.parameter_set = ParameterSet(thetas, iiv_blocks + iov_blocks, self.error.sigmas())
         self.individual = individual if individual is not None else self._default_individual
         if not callable(self.individual):
             raise ModelError("individual must be a callable (theta, eta, covariates) -> dict of [N] tensors")
         self._custom_individual = individual is not None
         self.name = name or f"{structural.name} ({self.error.kind} error)"
         if individual is None:
-            known = set(structural.parameters)
+            known = set(structural.parameter_names)
             stray = [t.name for t in thetas if t.name not in known and not DOSE_PARAMETER.match(t.name)]
             if stray:
                 raise ModelError(f"theta {stray} are not parameters of {structural.name} "
-                                 f"({', '.join(structural.parameters)}); pass individual=... to use them")
-            missing = [p for p in structural.parameters if p not in {t.name for t in thetas}]
+                                 f"({', '.join(structural.parameter_names)}); pass individual=... to use them")
+            missing = [p for p in structural.parameter_names if p not in {t.name for t in thetas}]
             if missing:
                 raise ModelError(f"theta lacks {missing} of {structural.name}; give them or pass individual=...")
             bad = [n for n in self.iiv_names if n not in known] + \
@@ -119,7 +119,7 @@ class NLMEModel(PopulationModel):
     def with_initial(self, values: Mapping[str, float]) -> "NLMEModel":
         """A copy of this model whose initial estimates are replaced by ``values``.
 
-        ``values`` maps parameter names (as in ``parameters.all_names``: ``CL``, ``OMEGA(CL)``,
+        ``values`` maps parameter names (as in ``parameter_set.all_names``: ``CL``, ``OMEGA(CL)``,
         ``SIGMA(ADD)``, natural scale, Ω and σ as variances) to new initial values; names not
         given keep theirs. Use it to restart from a previous fit (``model.with_initial(fit.estimates)``)
         or to check that other starts reach the same optimum. Bounds and fixed flags are kept
@@ -131,15 +131,15 @@ class NLMEModel(PopulationModel):
         --------
         >>> import pmxgen
         >>> model = pmxgen.models.build_model("1cmt_oral", error="additive", iiv=("KA", "CL"))
-        >>> tripled = model.with_initial({t.name: 3 * t.init for t in model.parameters.theta})
-        >>> tripled.parameters.theta[1].init == 3 * model.parameters.theta[1].init
+        >>> tripled = model.with_initial({t.name: 3 * t.init for t in model.parameter_set.theta})
+        >>> tripled.parameter_set.theta[1].init == 3 * model.parameter_set.theta[1].init
         True
         """
         if not isinstance(values, Mapping):
             raise ModelError(f"with_initial needs a mapping name -> value (found {type(values).__name__})")
         initial = {str(k): float(v) for k, v in values.items()}
         clone = copy.copy(self)
-        clone.parameters = self.parameters.with_initial(initial)
+        clone.parameter_set = self.parameter_set.with_initial(initial)
         if self.recipe is not None:
             # The recipe rebuilds the model with the same starting point (see pmxgen.runs).
             clone.recipe = {**self.recipe, "initial": {**self.recipe.get("initial", {}), **initial}}
@@ -160,15 +160,15 @@ class NLMEModel(PopulationModel):
         >>> import pmxgen
         >>> model = pmxgen.models.build_model("1cmt_oral", error="additive", iiv=("KA", "CL"))
         >>> fixed = model.with_fixed({"KA": 1.5, "OMEGA(KA)": 0.2})
-        >>> fixed.parameters.names
+        >>> fixed.parameter_set.names
         ('CL', 'V', 'OMEGA(CL)', 'SIGMA(ADD)')
-        >>> fixed.parameters.theta[0]
+        >>> fixed.parameter_set.theta[0]
         Theta(name='KA', init=1.5, lower=0.0, upper=inf, fixed=True)
         """
         if not isinstance(values, Mapping):
             raise ModelError(f"with_fixed needs a mapping name -> value (found {type(values).__name__})")
         clone = self.with_initial(values)
-        clone.parameters = clone.parameters.with_fixed(values.keys())
+        clone.parameter_set = clone.parameter_set.with_fixed(values.keys())
         if clone.recipe is not None:
             clone.recipe = {**clone.recipe, "fixed": sorted(set(clone.recipe.get("fixed", ())) | set(values))}
         return clone
@@ -261,10 +261,10 @@ class NLMEModel(PopulationModel):
                 raise ModelError(f"individual parameter {k} has shape {tuple(t.shape)}; expected ({n},)")
             params[str(k)] = t
         self._covariates_read = frozenset(view.read)
-        missing = [p for p in self.structural.parameters if p not in params]
+        missing = [p for p in self.structural.parameter_names if p not in params]
         if missing:
             raise ModelError(f"individual(...) returned no {', '.join(missing)}; {self.structural.name} needs "
-                             f"{', '.join(self.structural.parameters)}")
+                             f"{', '.join(self.structural.parameter_names)}")
         return params
 
     def predict(self, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch) -> torch.Tensor:
@@ -331,8 +331,8 @@ class NLMEModel(PopulationModel):
                                    source=dataset.source, row=dataset.row_of(pos), column=dataset.columns.get("DV"),
                                    value=float(batch.obs.dv[bad][0]),
                                    fix="flag such observations BLQ (M3) or choose an additive/combined error model")
-        phi = self.parameters.initial_natural(dtype=batch.dtype, device=batch.device)
-        values = self.parameters.unpack(phi)
+        phi = self.parameter_set.initial_natural(dtype=batch.dtype, device=batch.device)
+        values = self.parameter_set.unpack(phi)
         eta = torch.zeros(batch.n_subjects, len(self.eta_names(batch)), dtype=batch.dtype, device=batch.device)
         with torch.no_grad():
             params = self.individual_parameters(eta, values, batch)

@@ -26,7 +26,7 @@ from ..data.batching import SubjectBatch
 from ..errors import DatasetError, ModelError
 from .base import PopulationModel
 from .nlme import ObservedData
-from .parameters import OmegaBlock, ParameterSet, PopulationValues, Sigma, Theta
+from .parameter_set import OmegaBlock, ParameterSet, PopulationValues, Sigma, Theta
 from .ppca_core import as_data_matrix, as_parameters, masked_marginal
 from .ppca_fit import _closed_form
 from .residual_error import normal_neg2ll
@@ -252,9 +252,9 @@ class PPCAModel(PopulationModel):
     >>> X = rng.normal(size=(20, 2)) @ rng.normal(size=(2, 4)) + 0.3 * rng.normal(size=(20, 4))
     >>> data = ppca_dataset(X)
     >>> model = PPCAModel.from_data(data, 2)
-    >>> model.parameters.names[:3], model.eta_names(data.batch)
+    >>> model.parameter_set.names[:3], model.eta_names(data.batch)
     (('MU1', 'MU2', 'MU3'), ('Z1', 'Z2'))
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> z = torch.zeros(20, 2, dtype=torch.float64)
     >>> model.log_likelihood(z, values, data.batch).shape, model.log_marginal(values, data.batch).shape
     (torch.Size([20]), torch.Size([20]))
@@ -278,7 +278,7 @@ class PPCAModel(PopulationModel):
         thetas += [Theta(_w_name(j + 1, l + 1), float(w[j, l]), fixed=identify and l > j)
                    for j in range(d) for l in range(k)]
         self.error = PPCANoise(float(s2))
-        self.parameters = ParameterSet(thetas, [OmegaBlock(self.iiv_names, np.ones(k), fixed=True)],
+        self.parameter_set = ParameterSet(thetas, [OmegaBlock(self.iiv_names, np.ones(k), fixed=True)],
                                        self.error.sigmas())
         self.name = name or f"probabilistic PCA (d = {d}, k = {k})"
 
@@ -342,7 +342,7 @@ class PPCAModel(PopulationModel):
             w = torch.stack([values.theta[_w_name(j + 1, l + 1)] for j in range(d) for l in range(k)], -1)
             s2 = values.sigma[_NOISE]
         except KeyError as exc:
-            raise ModelError(f"values lack {exc.args[0]}; build them with model.parameters.unpack(phi) or "
+            raise ModelError(f"values lack {exc.args[0]}; build them with model.parameter_set.unpack(phi) or "
                              f"model.population_values(mean, components, noise_variance)") from None
         return mu, w.reshape(w.shape[:-1] + (d, k)), s2
 
@@ -432,7 +432,7 @@ class PPCAModel(PopulationModel):
         """
         _check_layout(dataset, self.n_features, allow_repeats=True)
         batch = dataset.batch
-        values = self.parameters.unpack(self.parameters.initial_natural(dtype=batch.dtype, device=batch.device))
+        values = self.parameter_set.unpack(self.parameter_set.initial_natural(dtype=batch.dtype, device=batch.device))
         with torch.no_grad():
             ll = self.log_marginal(values, batch)
         if not bool(torch.isfinite(ll).all()):

@@ -23,7 +23,7 @@ from typing import Mapping
 import torch
 
 from ..errors import ModelError
-from .parameters import Sigma
+from .parameter_set import Sigma
 
 __all__ = ["ResidualError", "ERROR_MODELS", "residual_error"]
 

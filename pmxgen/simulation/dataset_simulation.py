@@ -37,7 +37,7 @@ import torch
 from ..errors import ModelError
 from ..models.base import PopulationModel
 from ..models.nlme import IndividualModel, NLMEModel
-from ..models.parameters import OmegaBlock, PopulationValues, Theta
+from ..models.parameter_set import OmegaBlock, PopulationValues, Theta
 from ..models.residual_error import ResidualError
 from ..structural.base import DOSE_PARAMETER
 
@@ -236,15 +236,15 @@ def _model_from_specs(structural, theta, omega, error, individual, dtype, device
     err = _error(error)
     custom = individual is not None
     if not custom:
-        unknown = [k for k in theta_f if k not in structural.parameters and not DOSE_PARAMETER.match(k)]
+        unknown = [k for k in theta_f if k not in structural.parameter_names and not DOSE_PARAMETER.match(k)]
         if unknown:
             raise ModelError(f"theta has parameters {', '.join(unknown)} that model {structural.name} does not use; "
-                             f"its parameters are {', '.join(structural.parameters)} (plus F1, ALAG1, ... for doses). "
+                             f"its parameters are {', '.join(structural.parameter_names)} (plus F1, ALAG1, ... for doses). "
                              f"For covariate effects or other parameters, pass individual=...")
-        missing = [p for p in structural.parameters if p not in theta_f]
+        missing = [p for p in structural.parameter_names if p not in theta_f]
         if missing:
             raise ModelError(f"theta lacks parameters {', '.join(missing)} of model {structural.name} "
-                             f"(it needs {', '.join(structural.parameters)})")
+                             f"(it needs {', '.join(structural.parameter_names)})")
         not_positive = [k for k, v in theta_f.items() if v <= 0]
         if not_positive:
             raise ModelError(f"theta must be > 0 for log-normal individual parameters; found "
@@ -298,7 +298,7 @@ def _model_from_specs(structural, theta, omega, error, individual, dtype, device
 def _model_values(model: PopulationModel, values, dtype, device) -> PopulationValues:
     """The values to simulate a population model at: its initial ones, updated ones, or given ones."""
     if values is None or isinstance(values, Mapping):
-        ps = model.parameters
+        ps = model.parameter_set
         if values:
             ps = ps.with_initial({str(k): _check_number(k, v, "the value of") for k, v in values.items()})
         return ps.unpack(ps.initial_natural(dtype=dtype, device=device))
@@ -318,7 +318,7 @@ def _number(t: torch.Tensor):
 
 def _model_truth(model: PopulationModel, values: PopulationValues) -> dict:
     omega = values.omega.detach().cpu()
-    names = list(model.parameters.eta_names)
+    names = list(model.parameter_set.eta_names)
     if len(names) != omega.shape[-1]:
         names = [f"ETA{k + 1}" for k in range(omega.shape[-1])]
     error = getattr(model, "error", None)
@@ -391,7 +391,7 @@ def simulate_dataset(model, design, *, theta: Mapping[str, float] | None = None,
         for every P in ``theta``.
     values : PopulationValues or dict, optional
         Population model only: the parameter values to simulate at; a dict maps parameter names
-        (as ``model.parameters.all_names``, natural scale, Ω and σ as variances, e.g.
+        (as ``model.parameter_set.all_names``, natural scale, Ω and σ as variances, e.g.
         ``fit.estimates``) to values and keeps the model's initial values for the others.
         Default: the model's initial values.
     seed : int

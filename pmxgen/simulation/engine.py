@@ -115,7 +115,7 @@ def arm_exposures(model, values, eta: torch.Tensor, batch, arm: Arm, threshold: 
     >>> from pmxgen.simulation.schedule import regimen_arm, arm_batch
     >>> model = pmxgen.models.NLMEModel(pmxgen.get_model("1cmt_iv"), theta={"CL": (0, 2.0), "V": (0, 10.0)},
     ...                                 omega={"CL": 0.1}, error="additive")
-    >>> values = model.parameters.unpack(model.parameters.initial_natural())
+    >>> values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     >>> arm = regimen_arm(Regimen.every(12, dose=100, n=3))
     >>> batch = arm_batch(arm, model.structural, torch.zeros(1, 0, dtype=torch.float64), ())
     >>> conc, m = arm_exposures(model, values, torch.zeros(1, 1, dtype=torch.float64), batch, arm)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..errors import ModelError
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 from .engine import BLOCK, Options, block_seed, simulate_arms
 from .exposure import parse_target
 from .regimen import Regimen, RegimenError, as_regimens
@@ -83,7 +83,7 @@ def parameter_draws(run, n: int, *, seed: int = 0, max_tries: int = 100) -> tupl
     if fit.covariance is None:
         raise ModelError("the fit has no covariance matrix of the estimates, so parameter uncertainty cannot be "
                          "simulated; refit with covariance='sandwich' (or 'R'/'S')")
-    names = list(model.parameters.names)
+    names = list(model.parameter_set.names)
     if sorted(names) != sorted(fit.estimated_names):
         raise ModelError(f"the model's estimated parameters {names} differ from the fit's {list(fit.estimated_names)}")
     pos = [list(fit.estimated_names).index(k) for k in names]
@@ -95,14 +95,14 @@ def parameter_draws(run, n: int, *, seed: int = 0, max_tries: int = 100) -> tupl
         raise ModelError("the covariance matrix of the estimates is not positive definite; parameter uncertainty "
                          "cannot be drawn from it (see fit.covariance_status)") from None
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
-    bounds = {t.name: (t.lower, t.upper) for t in model.parameters.theta}
+    bounds = {t.name: (t.lower, t.upper) for t in model.parameter_set.theta}
     accepted, rejected = [], 0
     while len(accepted) < n:
         if rejected > max_tries * n:
             raise ModelError(f"{rejected} of {rejected + len(accepted)} parameter draws were rejected (non-PD Ω, "
                              f"σ² <= 0 or θ outside bounds); the uncertainty is too large to simulate from")
         phi = mean + chol @ rng.standard_normal(len(mean))
-        values = model.parameters.unpack(torch.as_tensor(phi, dtype=run.data.dtype, device=run.data.device))
+        values = model.parameter_set.unpack(torch.as_tensor(phi, dtype=run.data.dtype, device=run.data.device))
         ok = all(bounds[k][0] < float(v) < bounds[k][1] for k, v in values.theta.items() if k in bounds)
         ok = ok and all(float(v) > 0 for v in values.sigma.values())
         if ok and values.omega.shape[-1]:

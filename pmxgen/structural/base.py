@@ -58,7 +58,7 @@ class StructuralModel(ABC):
     #: Compartment names; compartment k (1-based, as in CMT) is ``compartments[k-1]``.
     compartments: tuple[str, ...] = ()
     #: Names of the parameters :meth:`predict` requires.
-    parameters: tuple[str, ...] = ()
+    parameter_names: tuple[str, ...] = ()
     #: CMT used for doses whose CMT is 0 or absent.
     default_dose_cmt: int = 1
     #: CMT used for observations whose CMT is 0 or absent.
@@ -75,10 +75,10 @@ class StructuralModel(ABC):
     # ----------------------------------------------------------------- checks
     def check_parameters(self, params: Params, batch: SubjectBatch) -> dict[str, torch.Tensor]:
         """Broadcast every parameter to ``[N]`` on the batch's device; error on a missing one."""
-        missing = [p for p in self.parameters if p not in params]
+        missing = [p for p in self.parameter_names if p not in params]
         if missing:
             raise ModelError(f"{self.name}: parameters {', '.join(missing)} are missing; the model needs "
-                             f"{', '.join(self.parameters)}")
+                             f"{', '.join(self.parameter_names)}")
         n = batch.n_subjects
         out = {}
         for k, v in params.items():

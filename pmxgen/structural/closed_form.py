@@ -162,7 +162,7 @@ class LinearCompartmentModel(StructuralModel):
     def as_ode(self, **solver_options):
         """The same model as an :class:`~pmxgen.structural.ode.ODEModel` (for checks and nonlinear extensions)."""
         from .ode import ODEModel, linear_rhs
-        return ODEModel(linear_rhs(self), compartments=self.compartments, parameters=self.parameters,
+        return ODEModel(linear_rhs(self), compartments=self.compartments, parameter_names=self.parameter_names,
                         default_dose_cmt=self.default_dose_cmt, default_obs_cmt=self.default_obs_cmt,
                         scale={self.default_obs_cmt: self.central_volume}, name=f"{self.name}_ode", **solver_options)
 
@@ -250,7 +250,7 @@ class OneCompartmentIV(LinearCompartmentModel):
     """
 
     compartments = ("central",)
-    parameters = ("CL", "V")
+    parameter_names = ("CL", "V")
     name = "1cmt_iv"
 
     def disposition(self, p):
@@ -264,7 +264,7 @@ class OneCompartmentOral(LinearCompartmentModel):
     """
 
     compartments = ("depot", "central")
-    parameters = ("KA", "CL", "V")
+    parameter_names = ("KA", "CL", "V")
     default_dose_cmt, default_obs_cmt = 1, 2
     has_depot = True
     name = "1cmt_oral"
@@ -277,7 +277,7 @@ class TwoCompartmentIV(LinearCompartmentModel):
     """Two compartments, IV (NONMEM ADVAN3). Parameters CL, V1 (central), Q, V2 (peripheral)."""
 
     compartments = ("central", "peripheral")
-    parameters = ("CL", "V1", "Q", "V2")
+    parameter_names = ("CL", "V1", "Q", "V2")
     central_volume = "V1"
     name = "2cmt_iv"
 
@@ -292,7 +292,7 @@ class TwoCompartmentOral(LinearCompartmentModel):
     """
 
     compartments = ("depot", "central", "peripheral")
-    parameters = ("KA", "CL", "V1", "Q", "V2")
+    parameter_names = ("KA", "CL", "V1", "Q", "V2")
     central_volume = "V1"
     default_dose_cmt, default_obs_cmt = 1, 2
     has_depot = True
@@ -306,7 +306,7 @@ class ThreeCompartmentIV(LinearCompartmentModel):
     """Three compartments, IV (NONMEM ADVAN11). Parameters CL, V1, Q2, V2, Q3, V3."""
 
     compartments = ("central", "peripheral1", "peripheral2")
-    parameters = ("CL", "V1", "Q2", "V2", "Q3", "V3")
+    parameter_names = ("CL", "V1", "Q2", "V2", "Q3", "V3")
     central_volume = "V1"
     name = "3cmt_iv"
 
@@ -321,7 +321,7 @@ class ThreeCompartmentOral(LinearCompartmentModel):
     """
 
     compartments = ("depot", "central", "peripheral1", "peripheral2")
-    parameters = ("KA", "CL", "V1", "Q2", "V2", "Q3", "V3")
+    parameter_names = ("KA", "CL", "V1", "Q2", "V2", "Q3", "V3")
     central_volume = "V1"
     default_dose_cmt, default_obs_cmt = 1, 2
     has_depot = True

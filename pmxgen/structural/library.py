@@ -48,7 +48,7 @@ def get_model(name: str) -> StructuralModel:
 
     Examples
     --------
-    >>> get_model("1cmt_oral").parameters
+    >>> get_model("1cmt_oral").parameter_names
     ('KA', 'CL', 'V')
     """
     try:

@@ -43,7 +43,7 @@ class ODEModel(StructuralModel):
         ``[B]`` tensors, ``t`` is a ``[B]`` tensor of times. Dosing inputs are added by the engine.
     compartments : tuple of str
         Compartment names; CMT k is ``compartments[k-1]``.
-    parameters : tuple of str
+    parameter_names : tuple of str
         Parameters ``rhs`` needs.
     default_dose_cmt, default_obs_cmt : int
         CMT of doses / observations whose CMT is 0 or absent.
@@ -87,7 +87,7 @@ class ODEModel(StructuralModel):
     True
     """
 
-    def __init__(self, rhs: RHS, compartments: tuple[str, ...], parameters: tuple[str, ...], *,
+    def __init__(self, rhs: RHS, compartments: tuple[str, ...], parameter_names: tuple[str, ...], *,
                  default_dose_cmt: int = 1, default_obs_cmt: int = 1, scale: Mapping[int, str] | None = None,
                  method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-10, max_steps: int = 20000,
                  fixed_steps: int = 50,
@@ -102,7 +102,7 @@ class ODEModel(StructuralModel):
             raise ModelError("rtol and atol must be > 0 and max_steps >= 1")
         self.rhs = rhs
         self.compartments = tuple(compartments)
-        self.parameters = tuple(parameters)
+        self.parameter_names = tuple(parameter_names)
         self.default_dose_cmt, self.default_obs_cmt = default_dose_cmt, default_obs_cmt
         self.scale = dict(scale or {})
         if fixed_steps < 1:

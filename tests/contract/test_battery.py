@@ -53,7 +53,7 @@ def _nlme_ode():
     frame = _theophylline().to_frame()
     data = pmxgen.read_nonmem(frame[frame["ID"].isin(sorted(frame["ID"].unique())[:4])])
     closed = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    ode = NLMEModel(pmxgen.get_model("1cmt_oral").as_ode(rtol=1e-6, atol=1e-8), theta={t.name: (0, t.init) for t in closed.parameters.theta},
+    ode = NLMEModel(pmxgen.get_model("1cmt_oral").as_ode(rtol=1e-6, atol=1e-8), theta={t.name: (0, t.init) for t in closed.parameter_set.theta},
                     omega={"KA": 0.4, "CL": 0.1}, error={"kind": "additive", "init": {"ADD": 0.5}}, name="1cmt_oral ODE")
     return ode, data
 
@@ -124,7 +124,7 @@ def test_contract(model_name, method):
     assert fit.status in STATUSES
     assert fit.method == method and fit.messages
     # estimates for every named parameter; likelihood fields present or absent with a reason
-    assert set(fit.estimates) == set(model.parameters.all_names)
+    assert set(fit.estimates) == set(model.parameter_set.all_names)
     assert all(math.isfinite(v) for v in fit.estimates.values()) or fit.status == "failed"
     for name in ("ofv", "minus2ll", "ebe", "shrinkage"):
         assert getattr(fit, name) is not None or fit.unavailable.get(name)
@@ -148,7 +148,7 @@ def test_contract(model_name, method):
     assert (twin.ofv == fit.ofv) or (twin.ofv is None and fit.ofv is None)
     # arrays are float64 like the data; the model predicts on the data's device and dtype
     assert np.asarray(fit.ebe).dtype == np.float64
-    values = model.parameters.unpack(model.parameters.initial_natural(dtype=data.dtype, device=data.device))
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural(dtype=data.dtype, device=data.device))
     eta = torch.zeros(data.n_subjects, len(model.eta_names(data.batch)), dtype=data.dtype, device=data.device)
     with torch.no_grad():
         pred = model.predict(eta, values, data.batch)

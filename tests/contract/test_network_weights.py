@@ -52,7 +52,7 @@ def test_the_gradient_of_the_weights_is_exact():
     gen = torch.Generator().manual_seed(0)
     w0 = weights_vector(model) + 0.3 * torch.randn(13, generator=gen, dtype=torch.float64)
     assign_weights_vector(model, w0)
-    ps = model.parameters
+    ps = model.parameter_set
     phi = ps.initial_natural()
     objective = approximate_objective(model, data.batch, "focei")
     eta0 = torch.zeros(data.n_subjects, 2, dtype=torch.float64)

@@ -114,7 +114,7 @@ def pheno_at_nonmem_estimates():
     ref = json.loads(REFERENCE.read_text())
     data = pmxgen.datasets.load("pheno")
     model = _pheno_model(ref["estimates"])
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     batch = data.batch
     eta = solve_ebes(model, values, batch, torch.zeros(batch.n_subjects, 2, dtype=DT), tol=1e-14).eta
     return ref, data, model, values, eta
@@ -190,7 +190,7 @@ def test_foce_fit_reports_cwres_with_variance_at_eta_zero():
     data = pmxgen.datasets.load("theophylline")
     model = pmxgen.build_model("1cmt_oral", data, error="combined", iiv=("KA", "CL"))
     fit = pmxgen.fit(model, data, method="foce", covariance=None, cpu_threads=1)
-    at = model.with_initial(fit.estimates).parameters
+    at = model.with_initial(fit.estimates).parameter_set
     values = at.unpack(at.initial_natural())
     eta = torch.as_tensor(fit.ebe, dtype=DT)
     with torch.no_grad():

@@ -9,5 +9,5 @@ TRUTH = {"KA": 1.2, "CL": 4.0, "V": 35.0, "OMEGA(KA)": 0.16, "OMEGA(CL)": 0.09, 
 
 def values_of(model, values: dict):
     """PopulationValues of ``model`` from a dict of natural-scale values by parameter name."""
-    ps = model.parameters
+    ps = model.parameter_set
     return ps.unpack(torch.tensor([float(values[n]) for n in ps.names], dtype=torch.float64))

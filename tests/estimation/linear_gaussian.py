@@ -21,7 +21,7 @@ class LinearInTime(StructuralModel):
     """f = A + B·t (ignores doses): with additive η on A and B the model is linear-Gaussian."""
 
     compartments = ("central",)
-    parameters = ("A", "B")
+    parameter_names = ("A", "B")
     name = "linear_in_time"
 
     def predict(self, params, batch):

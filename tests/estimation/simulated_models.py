@@ -50,7 +50,7 @@ def model_for(name: str, data):
         return wt_model()
     if name == "sim_1cmt_oral_1000":
         base = build_model("1cmt_oral", data, error="combined")
-        return NLMEModel(base.structural, theta=list(base.parameters.theta), error=base.error,
+        return NLMEModel(base.structural, theta=list(base.parameter_set.theta), error=base.error,
                          omega=[OmegaBlock(["KA"], [0.1]), OmegaBlock(["CL", "V"], [[0.1, 0.0], [0.0, 0.1]])])
     if name == "sim_mm_oral":
         return build_model("1cmt_oral_mm", data, error="combined", iiv=("KA", "VM", "V"))

@@ -146,7 +146,7 @@ def test_same_optimum_from_initial_estimates_times_and_over_three(name):
         base = model_for(name, data)
     ofvs = []
     for factor in (3.0, 1 / 3.0):
-        model = base.with_initial({t.name: t.init * factor for t in base.parameters.theta})
+        model = base.with_initial({t.name: t.init * factor for t in base.parameter_set.theta})
         fit = pmxgen.fit(model, data, method="focei", covariance=None)
         assert fit.status == "converged", fit.messages
         ofvs.append(fit.ofv)

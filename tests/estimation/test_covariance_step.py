@@ -195,7 +195,7 @@ def theoph_fits(theoph):
 def _r_and_s_by_hand(model, data, fit):
     """R by central differences of the exact gradient (EBEs re-solved), S from subject gradients;
     both with respect to φ in ``estimated_names`` order on the natural (variance) scale."""
-    ps = model.parameters
+    ps = model.parameter_set
     batch = data.batch
     phi_hat = torch.tensor([fit.estimates[n] for n in fit.estimated_names], dtype=torch.float64)
     eta_start = torch.tensor(fit.ebe, dtype=torch.float64)

@@ -89,7 +89,7 @@ def linear():
 def test_linear_gaussian_objective_is_exact_marginal(linear, method):
     model, data, subjects = linear
     batch = data.batch
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = _ebes(model, values, batch, method)
     ofv = float(subject_objective(model, values, batch, eta, method).ofv.detach().sum())
     n_obs = sum(len(t) for t, _ in subjects)
@@ -137,7 +137,7 @@ def test_laplace_m3_objective_matches_hand_computation(linear):
     assert 5 <= frame["BLQ"].sum() <= len(frame) // 2
     data = pmxgen.read_nonmem(frame)
     assert data.n_blq == frame["BLQ"].sum()
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta_hat = _ebes(model, values, data.batch, "laplace")
     ofv = subject_objective(model, values, data.batch, eta_hat, "laplace").ofv.detach().numpy()
     omega_inv = np.linalg.inv(LIN_OMEGA)
@@ -176,7 +176,7 @@ def theoph():
     model = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={"KA": (0, 1.6), "CL": (0, 2.7), "V": (0, 31.0)},
                       omega=OmegaBlock(["KA", "CL"], [[0.4, 0.05], [0.05, 0.09]]),
                       error={"kind": "combined", "init": {"ADD": ADD, "PROP": PROP}})
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     return model, data, values
 
 
@@ -325,7 +325,7 @@ def test_foce_equals_focei_only_for_additive_error(sim_data, error, equal):
     data = sim_data
     model = pmxgen.build_model("1cmt_oral", data, error=error, iiv=("KA", "CL"))
     batch = data.batch
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta_foce = _ebes(model, values, batch, "foce")
     eta_focei = _ebes(model, values, batch, "focei")
     ofv_foce = subject_objective(model, values, batch, eta_foce, "foce").ofv.detach()
@@ -347,7 +347,7 @@ def test_each_subject_starts_from_its_best_warm_start():
     model = pmxgen.models.build_model("1cmt_oral", data, error="combined", iiv=("KA", "CL", "V"))
     pop = {"KA": 1.5, "CL": 2.8, "V": 31.0, "OMEGA(KA)": 1.0, "OMEGA(CL)": 1.0, "OMEGA(V)": 1.0,
            "SIGMA(ADD)": 0.05, "SIGMA(PROP)": 0.01}
-    ps = model.parameters
+    ps = model.parameter_set
     values = ps.unpack(torch.tensor([pop[n] for n in ps.names], dtype=torch.float64))
     n = data.n_subjects
     good = solve_ebes(model, values, data.batch, torch.zeros(n, 3, dtype=torch.float64), tol=1e-12)

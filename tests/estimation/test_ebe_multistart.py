@@ -29,8 +29,8 @@ from pmxgen.models import NLMEModel, OmegaBlock, Theta
 def _modes_from(model, data, estimates, starts, method="focei"):
     """Per subject, the lowest of the modes reached from each start *separately* (single-start
     solves), with its objective, and the OFV at those modes, for the parameters ``estimates``."""
-    m = model.with_initial({name: estimates[name] for name in model.parameters.names})
-    values = m.parameters.unpack(m.parameters.initial_natural())
+    m = model.with_initial({name: estimates[name] for name in model.parameter_set.names})
+    values = m.parameter_set.unpack(m.parameter_set.initial_natural())
     batch = data.batch
     ref = variance_reference(m, values, batch, method)
     solved = [solve_ebes(m, values, batch, s, variance_at=ref, tol=1e-12, max_iter=200) for s in starts]
@@ -66,7 +66,7 @@ def test_lowest_converged_mode_wins_over_lowest_starting_objective():
     model = pmxgen.models.build_model("1cmt_oral", data, error="combined", iiv=("KA", "CL", "V"))
     pop = {"KA": 1.5, "CL": 2.8, "V": 31.0, "OMEGA(KA)": 1.0, "OMEGA(CL)": 1.0, "OMEGA(V)": 1.0,
            "SIGMA(ADD)": 0.05, "SIGMA(PROP)": 0.01}
-    ps = model.parameters
+    ps = model.parameter_set
     values = ps.unpack(torch.tensor([pop[n] for n in ps.names], dtype=torch.float64))
     batch = data.batch
     n = data.n_subjects
@@ -148,7 +148,7 @@ def test_moxo_objective_takes_the_lowest_modes_from_every_start():
     modes. (A whole moxo fit takes about 70 s: run once, see the report of issue 21.)"""
     data = pmxgen.datasets.load("moxo", occasion="VISI")
     model = moxo_model().with_initial(MOXO_ESTIMATES)
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     batch = data.batch
     zeros = torch.zeros(data.n_subjects, 7, dtype=torch.float64)
     from_zero = solve_ebes(model, values, batch, zeros, tol=1e-12)
@@ -162,7 +162,7 @@ def test_moxo_objective_takes_the_lowest_modes_from_every_start():
     torch.testing.assert_close(both.objective, from_zero.objective, rtol=0, atol=1e-8)
     assert sorted(torch.nonzero(both.start).flatten().tolist()) == sorted(rows)
     objective = approximate_objective(model, batch, "focei")
-    total, _ = objective(model.parameters.initial_natural(), (start, zeros))
+    total, _ = objective(model.parameter_set.initial_natural(), (start, zeros))
     expected = float(subject_objective(model, values, batch, from_zero.eta, "focei").ofv.detach().sum())
     assert float(total.detach()) == pytest.approx(expected, abs=1e-6)
 

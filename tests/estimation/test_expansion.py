@@ -73,7 +73,7 @@ def test_jacobian_and_hessian_match_autograd_on_closed_forms(model_name):
     structural = pmxgen.get_model(model_name)
     values = {"KA": 1.3, "CL": 3.0, "V": 30.0, "V1": 20.0, "Q": 6.0, "V2": 45.0, "F1": 0.8}
     params = {name: torch.tensor([values[name], 1.3 * values[name]], dtype=torch.float64)
-              for name in structural.parameters}
+              for name in structural.parameter_names}
     params["F1"] = torch.tensor([0.8, 0.7], dtype=torch.float64)
     names = tuple(params)
     f, jac, hess, third = _autograd_derivatives(structural, params, names, data.batch)
@@ -103,7 +103,7 @@ def test_expanded_model_falls_back_where_it_cannot_expand():
     data = pmxgen.datasets.load("theophylline")
     batch = data.batch
     model = build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = torch.zeros(batch.n_subjects, 2, dtype=torch.float64)
     expanded = expanded_model(model, eta, values, batch)
     assert isinstance(expanded.structural, TaylorExpansion)
@@ -119,7 +119,7 @@ def test_expanded_model_falls_back_where_it_cannot_expand():
                 "V": theta["V"], "ALAG1": theta["KA"] * 0.0 + eta_d["KA"] * 0.0}
     lagged = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={"KA": 1.5, "CL": 2.8, "V": 32.0},
                        omega={"KA": 0.4, "CL": 0.07}, individual=shifted)
-    assert expanded_model(lagged, eta, lagged.parameters.unpack(lagged.parameters.initial_natural()), batch) is None
+    assert expanded_model(lagged, eta, lagged.parameter_set.unpack(lagged.parameter_set.initial_natural()), batch) is None
 
     def constant_lag(theta, eta_d, cov):                             # a constant 0 is held, not expanded
         out = shifted(theta, eta_d, cov)
@@ -127,7 +127,7 @@ def test_expanded_model_falls_back_where_it_cannot_expand():
         return out
     held = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={"KA": 1.5, "CL": 2.8, "V": 32.0},
                      omega={"KA": 0.4, "CL": 0.07}, individual=constant_lag)
-    ex = expanded_model(held, eta, held.parameters.unpack(held.parameters.initial_natural()), batch)
+    ex = expanded_model(held, eta, held.parameter_set.unpack(held.parameter_set.initial_natural()), batch)
     assert ex.structural.names == ("KA", "CL", "V") and set(ex.structural.held) == {"ALAG1"}
 
 
@@ -167,7 +167,7 @@ def _oral_model(structural, init=None):
 def test_objective_gradient_and_ebes_agree_with_autograd(small_oral, method):
     batch = small_oral.batch
     model = _oral_model(pmxgen.get_model("1cmt_oral"))
-    ps = model.parameters
+    ps = model.parameter_set
     phi0 = ps.initial_natural(dtype=torch.float64)
     eta0 = torch.zeros(batch.n_subjects, 3, dtype=torch.float64)
     results = {}
@@ -206,7 +206,7 @@ def test_laplace_objective_and_gradient_by_third_order_expansion(small_oral, blq
     data = _with_blq(small_oral, 0.9) if blq else small_oral
     batch = data.batch
     model = _oral_model(pmxgen.get_model("1cmt_oral"))
-    ps = model.parameters
+    ps = model.parameter_set
     phi0 = ps.initial_natural(dtype=torch.float64)
     eta = solve_ebes(model, ps.unpack(phi0), batch, torch.zeros(batch.n_subjects, 3, dtype=torch.float64),
                      tol=1e-12).eta

@@ -88,7 +88,7 @@ def linear():
 
 def test_is_on_linear_gaussian_model_matches_exact_minus2ll(linear):
     model, data, exact = linear
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta, precision, _ = _modes_and_curvature(model, values, data.batch)
     res = importance_sampling(model, values, data.batch, eta, precision, n_samples=2000, df=4, seed=7)
     assert 0 < res.se < 0.1
@@ -99,7 +99,7 @@ def test_is_on_linear_gaussian_model_matches_exact_minus2ll(linear):
 
 def test_is_same_seed_same_result_other_seed_differs(linear):
     model, data, _ = linear
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta, precision, _ = _modes_and_curvature(model, values, data.batch)
     a = importance_sampling(model, values, data.batch, eta, precision, n_samples=200, seed=1)
     b = importance_sampling(model, values, data.batch, eta, precision, n_samples=200, seed=1)
@@ -116,7 +116,7 @@ def test_is_same_seed_same_result_other_seed_differs(linear):
 @pytest.mark.parametrize("kwargs", [{"n_samples": 1}, {"n_samples": 10.0}, {"df": 0}, {"df": True}])
 def test_is_rejects_bad_options(linear, kwargs):
     model, data, _ = linear
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = torch.zeros(data.n_subjects, 2, dtype=torch.float64)
     precision = torch.eye(2, dtype=torch.float64).expand(data.n_subjects, 2, 2)
     with pytest.raises(EstimationError):
@@ -159,7 +159,7 @@ def test_is_departs_from_laplace_on_sparse_nonlinear_data():
                                    error={"proportional": math.sqrt(PROP_SPARSE)}, seed=1).dataset
     model = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={k: (0, v) for k, v in THETA_SPARSE.items()},
                       omega=OMEGA_SPARSE, error={"kind": "proportional", "init": {"PROP": PROP_SPARSE}})
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     batch = data.batch
     const = data.n_observations * LOG2PI
     eta, precision, laplace_ofv = _modes_and_curvature(model, values, batch, "laplace")

@@ -23,7 +23,7 @@ def test_iov_on_clearance_is_recovered():
                         init={"KA": 1.0, "CL": 3.0, "V": 30.0})
     truth = {"KA": 1.0, "CL": 3.0, "V": 30.0, "OMEGA(CL)": 0.09, "OMEGA(V)": 0.04, "OMEGA(IOV_CL)": 0.04,
              "SIGMA(PROP)": 0.01}
-    ps = model.parameters.with_initial(truth)
+    ps = model.parameter_set.with_initial(truth)
     values = ps.unpack(ps.initial_natural())
     gen = torch.Generator().manual_seed(21)
     eta = model.sample_eta(values, design.batch, gen)

@@ -43,7 +43,7 @@ def linear():
                       error={"kind": "additive", "init": {"ADD": SIGMA}},
                       individual=lambda th, eta, cov: {"A": th["TA"] + eta["A"], "B": th["TB"] + eta["B"]})
     data = pmxgen.read_nonmem(pd.DataFrame(rows))
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     return model, data, values, exact
 
 

@@ -21,7 +21,7 @@ METHODS = ("fo", "foce", "focei", "laplace")
 
 def _total_ofv(model, batch, phi, eta0, method):
     """Σ OFV at φ (differentiable in φ when it requires grad) and the EBEs used."""
-    ps = model.parameters
+    ps = model.parameter_set
     detached = ps.unpack(phi.detach())
     if method == "fo":
         eta = torch.zeros_like(eta0)
@@ -58,7 +58,7 @@ def _assert_close(grad, fd, names):
 
 
 def _perturbed_initial(model, factors):
-    phi = model.parameters.initial_natural().clone()
+    phi = model.parameter_set.initial_natural().clone()
     return phi * torch.tensor(factors, dtype=torch.float64)
 
 
@@ -82,7 +82,7 @@ def block_combined():
     model = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={"KA": (0, 1.2), "CL": (0, 3.5), "V": (0, 33.0)},
                       omega=OmegaBlock(["CL", "V"], [[0.1, 0.02], [0.02, 0.05]]),
                       error={"kind": "combined", "init": {"ADD": 0.02, "PROP": 0.03}})
-    assert model.parameters.names == ("KA", "CL", "V", "OMEGA(CL)", "OMEGA(V,CL)", "OMEGA(V)", "SIGMA(ADD)",
+    assert model.parameter_set.names == ("KA", "CL", "V", "OMEGA(CL)", "OMEGA(V,CL)", "OMEGA(V)", "SIGMA(ADD)",
                                       "SIGMA(PROP)")
     return model, sim.dataset
 
@@ -118,30 +118,30 @@ def test_theophylline_additive_gradient(theoph, method):
     model, data = theoph
     phi0 = _perturbed_initial(model, [0.8, 1.1, 0.95, 2.0, 1.3, 0.7])
     grad, fd = _gradients(model, data, phi0, method)
-    _assert_close(grad, fd, model.parameters.names)
+    _assert_close(grad, fd, model.parameter_set.names)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_full_omega_block_combined_error_gradient(block_combined, method):
     model, data = block_combined
-    grad, fd = _gradients(model, data, model.parameters.initial_natural(), method)
-    _assert_close(grad, fd, model.parameters.names)
+    grad, fd = _gradients(model, data, model.parameter_set.initial_natural(), method)
+    _assert_close(grad, fd, model.parameter_set.names)
     # the off-diagonal Ω element really enters the objective
-    assert abs(fd[model.parameters.names.index("OMEGA(V,CL)")]) > 1e-3
+    assert abs(fd[model.parameter_set.names.index("OMEGA(V,CL)")]) > 1e-3
 
 
 def test_laplace_m3_blq_gradient(blq_data):
     data = blq_data
     model = pmxgen.build_model("1cmt_oral", data, error="combined", iiv=("KA", "CL"))
-    grad, fd = _gradients(model, data, model.parameters.initial_natural(), "laplace")
-    _assert_close(grad, fd, model.parameters.names)
+    grad, fd = _gradients(model, data, model.parameter_set.initial_natural(), "laplace")
+    _assert_close(grad, fd, model.parameter_set.names)
 
 
 def test_blq_observations_enter_the_laplace_objective(blq_data):
     """The M3 terms contribute: moving the LLOQ changes the objective."""
     data = blq_data
     model = pmxgen.build_model("1cmt_oral", data, error="combined", iiv=("KA", "CL"))
-    phi = model.parameters.initial_natural()
+    phi = model.parameter_set.initial_natural()
     eta0 = torch.zeros(data.n_subjects, 2, dtype=torch.float64)
     base, _ = _total_ofv(model, data.batch, phi, eta0, "laplace")
     frame = data.to_frame()
@@ -157,7 +157,7 @@ def test_exponential_error_gradient(positive_data, method):
     model = pmxgen.build_model("1cmt_oral", data, error="exponential", iiv=("KA", "CL"))
     phi0 = _perturbed_initial(model, [0.9, 1.1, 1.05, 1.5, 0.8, 1.3])
     grad, fd = _gradients(model, data, phi0, method)
-    _assert_close(grad, fd, model.parameters.names)
+    _assert_close(grad, fd, model.parameter_set.names)
 
 
 def test_focei_objective_where_the_eta_hessian_is_indefinite(theoph):
@@ -169,7 +169,7 @@ def test_focei_objective_where_the_eta_hessian_is_indefinite(theoph):
     of −2 log p(y|η)p(η) has a negative eigenvalue for some theophylline subject.
     """
     model, data = theoph
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = torch.tensor([[2.0, 0.0]] * data.n_subjects, dtype=torch.float64)
     # the premise: some subject's exact Hessian is indefinite there
     from pmxgen.estimation.linearization import inner_objective
@@ -179,8 +179,8 @@ def test_focei_objective_where_the_eta_hessian_is_indefinite(theoph):
     inner = inner_objective(model, m, v, e, values.omega, model.observed(data.batch))
     _, hess = exact_eta_hessian(inner, e, create_graph=False)
     assert float(torch.linalg.eigvalsh(hess)[:, 0].min()) < 0
-    phi = model.parameters.initial_natural().requires_grad_(True)
-    ofv = subject_objective(model, model.parameters.unpack(phi), data.batch, eta, "focei").ofv
+    phi = model.parameter_set.initial_natural().requires_grad_(True)
+    ofv = subject_objective(model, model.parameter_set.unpack(phi), data.batch, eta, "focei").ofv
     assert bool(torch.isfinite(ofv).all())
     (g,) = torch.autograd.grad(ofv.sum(), phi)
     assert bool(torch.isfinite(g).all())

@@ -80,7 +80,7 @@ def test_louis_formula_with_exact_posterior_draws(linear):
         draws[:, i] = rng.multivariate_normal(mean, cov, size=n_draws)
     phi = torch.tensor(mle, dtype=torch.float64)
     scale = np.sqrt(np.outer(np.diag(info), np.diag(info)))
-    values = model.parameters.unpack(phi)
+    values = model.parameter_set.unpack(phi)
     refs = find_mu_references(model, values, data.batch, {"TA", "TB"}, 2)
     # both latent parametrisations (η, and z = μ + η for the mu-referenced θ) give the exact information
     for mu_refs, tolerance in (((), 0.25), (refs, 0.05)):
@@ -230,8 +230,8 @@ class _BreakingModel(NLMEModel):
                                             posterior_draws=20, posterior_burn_in=5)], ids=["saem", "mcem"])
 def test_em_run_whose_likelihood_becomes_nonfinite_fails(theoph, estimator):
     data, model, *_ = theoph
-    breaking = _BreakingModel(model.structural, theta=list(model.parameters.theta),
-                              omega=list(model.parameters.omega), error=model.error)
+    breaking = _BreakingModel(model.structural, theta=list(model.parameter_set.theta),
+                              omega=list(model.parameter_set.omega), error=model.error)
     with pytest.warns(ConvergenceWarning, match="log-likelihood is not finite"):
         fit = estimator.fit(breaking, data)
     assert fit.status == "failed", fit.messages
@@ -270,7 +270,7 @@ def test_mu_reference_detection():
                                                                       ("V", 2, "log")]
     assert em.numeric_names == ["WT_ON_CL", "SIGMA(ADD)", "SIGMA(PROP)"]
     lin = _linear_model()
-    values = lin.parameters.unpack(lin.parameters.initial_natural())
+    values = lin.parameter_set.unpack(lin.parameter_set.initial_natural())
     refs = find_mu_references(lin, values, data.batch, {"TA", "TB"}, 2)
     assert [(m.theta, m.scale) for m in refs] == [("TA", "identity"), ("TB", "identity")]
     # CL = θ1 + θ2·exp(η) = θ1 + exp(log θ2 + η): θ2 is mu-referenced, θ1 is not;
@@ -281,7 +281,7 @@ def test_mu_reference_detection():
                         theta={"KA": (0, 1.0), "T1": (0, 1.0), "T2": (0, 2.0), "V": (0, 30.0)},
                         omega={"CL": 0.1}, error="additive",
                         individual=lambda th, eta, cov, cl=cl: {"KA": th["KA"], "V": th["V"], "CL": cl(th, eta["CL"])})
-        values = odd.parameters.unpack(odd.parameters.initial_natural())
+        values = odd.parameter_set.unpack(odd.parameter_set.initial_natural())
         found = find_mu_references(odd, values, data.batch, {"KA", "T1", "T2", "V"}, 1)
         assert [(m.theta, m.eta_index, m.scale) for m in found] == expected
 

@@ -77,7 +77,7 @@ def test_gaussian_vem_on_ppca_reaches_the_closed_form_mle():
     model = pmxgen.PPCAModel.from_data(data, 2, perturb=0.3, seed=1)
     fit = VariationalEM(max_iter=1500, init="prior", seed=0, **QUICK).fit(model, data)
     mle = pmxgen.fit_ppca(X, 2, method="em", tol=1e-10)
-    values = model.parameters.unpack(torch.tensor([fit.estimates[n] for n in model.parameters.names],
+    values = model.parameter_set.unpack(torch.tensor([fit.estimates[n] for n in model.parameter_set.names],
                                                   dtype=torch.float64))
     exact = float(model.log_marginal(values, data.batch).sum())
     assert mle.log_likelihood - exact < 0.1                       # at the MLE, up to Adam's jitter
@@ -155,7 +155,7 @@ def _sparse_absorption_data(n=24, seed=5):
     data = pmxgen.read_nonmem(frame)
     model = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={"KA": (0, 1.0), "CL": (0, 2.0), "V": (0, 20.0)},
                       omega={"KA": 1.0, "CL": 0.3}, error={"kind": "proportional", "init": {"PROP": 0.01}})
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     gen = torch.Generator().manual_seed(seed)
     eta = model.sample_eta(values, data.batch, gen)
     return data.with_dv(model.sample_y(eta, values, data.batch, gen)), model

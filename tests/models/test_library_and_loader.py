@@ -23,13 +23,13 @@ def theoph():
 def test_build_model_thetas_are_the_structural_parameters(name, with_data, theoph):
     model = build_model(name, theoph if with_data else None)
     assert isinstance(model, NLMEModel)
-    structural = get_model(name).parameters
-    assert tuple(t.name for t in model.parameters.theta) == structural
-    for t in model.parameters.theta:
+    structural = get_model(name).parameter_names
+    assert tuple(t.name for t in model.parameter_set.theta) == structural
+    for t in model.parameter_set.theta:
         assert t.lower == 0.0 and t.upper == math.inf and not t.fixed
         assert math.isfinite(t.init) and t.init > 0
     assert model.iiv_names == DEFAULT_IIV[name]
-    assert model.parameters.names[len(structural):] == (
+    assert model.parameter_set.names[len(structural):] == (
         tuple(f"OMEGA({p})" for p in DEFAULT_IIV[name]) + ("SIGMA(ADD)", "SIGMA(PROP)"))
     assert model.error.kind == "combined"
 
@@ -37,7 +37,7 @@ def test_build_model_thetas_are_the_structural_parameters(name, with_data, theop
 def test_build_model_options(theoph):
     model = build_model("2cmt_oral", theoph, error="proportional", iiv=("CL", "V1", "Q"), full_omega=True,
                         omega_init=0.2, init={"KA": 0.9}, sigma_init={"prop": 0.02})
-    ps = model.parameters
+    ps = model.parameter_set
     assert ps.names == ("KA", "CL", "V1", "Q", "V2", "OMEGA(CL)", "OMEGA(V1,CL)", "OMEGA(V1)", "OMEGA(Q,CL)",
                         "OMEGA(Q,V1)", "OMEGA(Q)", "SIGMA(PROP)")
     full = ps.full_natural(ps.initial_natural())
@@ -51,7 +51,7 @@ def test_default_sigma_scales_with_the_data(theoph):
     frame = theoph.to_frame()
     dv = frame.loc[(frame.EVID == 0) & (frame.DV > 0), "DV"].to_numpy()
     level = float(np.median(dv))
-    add = build_model("1cmt_oral", theoph, error="additive").parameters.initial_natural()[-1]
+    add = build_model("1cmt_oral", theoph, error="additive").parameter_set.initial_natural()[-1]
     assert float(add) == pytest.approx((0.2 * level) ** 2, rel=1e-12)
 
 
@@ -96,7 +96,7 @@ def test_initial_estimates_simulated_truth(dataset):
 def test_initial_estimates_cover_the_structural_parameters(name, theoph):
     for data in (None, theoph):
         init = initial_estimates(name, data)
-        assert sorted(init) == sorted(get_model(name).parameters)
+        assert sorted(init) == sorted(get_model(name).parameter_names)
         assert all(math.isfinite(v) and v > 0 for v in init.values())
 
 
@@ -125,7 +125,7 @@ def test_load_model_file_with_model_variable(tmp_path):
     f = write(tmp_path, "m.py", "import pmxgen\nmodel = pmxgen.build_model('1cmt_oral', error='additive')\n")
     model = load_model_file(f)
     assert isinstance(model, NLMEModel)
-    assert model.parameters.names == ("KA", "CL", "V", "OMEGA(KA)", "OMEGA(CL)", "OMEGA(V)", "SIGMA(ADD)")
+    assert model.parameter_set.names == ("KA", "CL", "V", "OMEGA(KA)", "OMEGA(CL)", "OMEGA(V)", "SIGMA(ADD)")
 
 
 def test_load_model_file_with_build_function(tmp_path, theoph):
@@ -134,9 +134,9 @@ def test_load_model_file_with_build_function(tmp_path, theoph):
                                 "    return pmxgen.build_model('1cmt_oral', data, error='additive', iiv=('CL',))\n")
     model = load_model_file(f, theoph)
     expected = build_model("1cmt_oral", theoph, error="additive", iiv=("CL",))
-    assert model.parameters.names == expected.parameters.names
-    assert model.parameters.full_natural(model.parameters.initial_natural()) == \
-        expected.parameters.full_natural(expected.parameters.initial_natural())
+    assert model.parameter_set.names == expected.parameter_set.names
+    assert model.parameter_set.full_natural(model.parameter_set.initial_natural()) == \
+        expected.parameter_set.full_natural(expected.parameter_set.initial_natural())
 
 
 def test_load_model_file_defining_neither(tmp_path):

@@ -59,7 +59,7 @@ def theoph_model(error, omega=None, **kw):
 ])
 def test_log_likelihood_by_hand_theophylline(theoph, error, sd):
     model = theoph_model(error)
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     rng = np.random.default_rng(42)
     eta = rng.normal(scale=0.3, size=(theoph.n_subjects, 3))
     got = model.log_likelihood(torch.as_tensor(eta, dtype=T), values, theoph.batch).numpy()
@@ -74,7 +74,7 @@ def test_log_likelihood_by_hand_theophylline(theoph, error, sd):
 
 def test_predict_and_moments(theoph):
     model = theoph_model({"kind": "combined", "init": {"ADD": 0.09, "PROP": 0.02}})
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = torch.zeros(12, 3, dtype=T)
     f = model.predict(eta, values, theoph.batch)
     for i, s in enumerate(subjects(theoph)):
@@ -91,9 +91,9 @@ def test_predict_and_moments(theoph):
 def test_log_prior_full_block_matches_scipy(theoph):
     m = np.array([[0.4, 0.05, -0.02], [0.05, 0.07, 0.01], [-0.02, 0.01, 0.02]])
     model = theoph_model("additive", omega=OmegaBlock(["KA", "CL", "V"], m))
-    assert model.parameters.names[3:9] == ("OMEGA(KA)", "OMEGA(CL,KA)", "OMEGA(CL)", "OMEGA(V,KA)", "OMEGA(V,CL)",
+    assert model.parameter_set.names[3:9] == ("OMEGA(KA)", "OMEGA(CL,KA)", "OMEGA(CL)", "OMEGA(V,KA)", "OMEGA(V,CL)",
                                            "OMEGA(V)")
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = np.random.default_rng(3).normal(scale=0.3, size=(12, 3))
     got = model.log_prior(torch.as_tensor(eta, dtype=T), values, theoph.batch).numpy()
     np.testing.assert_allclose(got, stats.multivariate_normal(mean=np.zeros(3), cov=m).logpdf(eta), rtol=1e-12)
@@ -102,7 +102,7 @@ def test_log_prior_full_block_matches_scipy(theoph):
 def test_log_prior_with_per_subject_omega(theoph):
     """φ with a leading subject dimension gives each subject its own Ω."""
     model = theoph_model("additive", omega=OmegaBlock(["KA", "CL"], [[0.4, 0.05], [0.05, 0.07]]))
-    ps = model.parameters
+    ps = model.parameter_set
     n = theoph.n_subjects
     phi = ps.initial_natural().expand(n, -1).clone()
     scale = np.linspace(0.5, 2.0, n)
@@ -156,7 +156,7 @@ def test_blq_dataset_reads_m3_fields():
 def test_blq_observations_contribute_log_cdf():
     ds = pmxgen.read_nonmem(blq_frame())
     model = blq_model({"kind": "combined", "init": {"ADD": 0.04, "PROP": 0.03}})
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = np.array([[0.2, -0.1], [-0.3, 0.15]])
     got = model.log_likelihood(torch.as_tensor(eta, dtype=T), values, ds.batch).numpy()
     expected = []
@@ -178,7 +178,7 @@ def test_exponential_error_uses_logs():
     ds = pmxgen.read_nonmem(blq_frame())
     model = blq_model({"kind": "exponential", "init": {"EXP": 0.05}})
     model.check(ds)      # DV = 0 on a BLQ record is fine for log-scale error
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = np.array([[0.1, 0.2], [-0.2, -0.1]])
     et = torch.as_tensor(eta, dtype=T)
     got = model.log_likelihood(et, values, ds.batch).numpy()
@@ -212,7 +212,7 @@ def test_custom_individual_with_covariate(theoph):
                       theta={"KA": (0, 1.5), "CL": (0, 2.8), "V": (0, 32.0), "CL_WT": 0.75},
                       omega={"KA": 0.4, "CL": 0.07, "V": 0.02}, error={"kind": "additive", "init": {"ADD": 0.4}},
                       individual=allometric)
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = np.random.default_rng(8).normal(scale=0.2, size=(12, 3))
     et = torch.as_tensor(eta, dtype=T)
     params = model.individual_parameters(et, values, theoph.batch)
@@ -233,7 +233,7 @@ def test_covariate_lookup_is_case_insensitive(theoph):
         return {"KA": theta["KA"], "CL": theta["CL"] * cov["wt"] / 70.0, "V": theta["V"]}
 
     model = NLMEModel(get_model("1cmt_oral"), theta={"KA": 1.5, "CL": 2.8, "V": 32.0}, individual=lower_case)
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     cl = model.individual_parameters(torch.zeros(12, 0, dtype=T), values, theoph.batch)["CL"].numpy()
     np.testing.assert_allclose(cl, 2.8 * np.array([s["wt"] for s in subjects(theoph)]) / 70, rtol=1e-14)
 
@@ -244,7 +244,7 @@ def test_covariate_get_is_case_insensitive_too(theoph):
         return {"KA": theta["KA"], "CL": theta["CL"] * cov.get("wt", 70.0) / 70.0, "V": theta["V"]}
 
     model = NLMEModel(get_model("1cmt_oral"), theta={"KA": 1.5, "CL": 2.8, "V": 32.0}, individual=with_get)
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     cl = model.individual_parameters(torch.zeros(12, 0, dtype=T), values, theoph.batch)["CL"].numpy()
     np.testing.assert_allclose(cl, 2.8 * np.array([s["wt"] for s in subjects(theoph)]) / 70, rtol=1e-14)
 
@@ -254,7 +254,7 @@ def test_missing_covariate_names_the_available_ones(theoph):
         return {"KA": theta["KA"], "CL": theta["CL"] * cov["CRCL"], "V": theta["V"]}
 
     model = NLMEModel(get_model("1cmt_oral"), theta={"KA": 1.5, "CL": 2.8, "V": 32.0}, individual=uses_crcl)
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     with pytest.raises(ModelError, match="'CRCL'") as info:
         model.log_likelihood(torch.zeros(12, 0, dtype=T), values, theoph.batch)
     assert "covariates: WT, DOSE" in str(info.value)
@@ -266,7 +266,7 @@ def test_individual_returning_wrong_things():
                      (lambda th, e, c: [1, 2], "must return a dict"),
                      (lambda th, e, c: {"KA": th["KA"], "CL": th["CL"], "V": torch.ones(5, dtype=T)}, "shape")]:
         model = NLMEModel(get_model("1cmt_oral"), theta={"KA": 1.0, "CL": 3.0, "V": 30.0}, individual=fn)
-        values = model.parameters.unpack(model.parameters.initial_natural())
+        values = model.parameter_set.unpack(model.parameter_set.initial_natural())
         with pytest.raises(ModelError, match=text):
             model.individual_parameters(torch.zeros(2, 0, dtype=T), values, ds.batch)
 
@@ -296,14 +296,14 @@ def test_with_initial_replaces_only_the_named_starting_values(theoph):
                       omega=[OmegaBlock(["KA", "CL"], [[0.4, 0.01], [0.01, 0.07]])],
                       error={"kind": "combined", "init": {"ADD": 0.1, "PROP": 0.02}})
     new = model.with_initial({"CL": 5.0, "OMEGA(CL,KA)": 0.02, "OMEGA(KA)": 0.3, "SIGMA(PROP)": 0.04})
-    start = dict(zip(new.parameters.names, new.parameters.initial_natural().tolist()))
+    start = dict(zip(new.parameter_set.names, new.parameter_set.initial_natural().tolist()))
     assert start == pytest.approx({"KA": 1.5, "CL": 5.0, "V": 32.0, "OMEGA(KA)": 0.3, "OMEGA(CL,KA)": 0.02,
                                    "OMEGA(CL)": 0.07, "SIGMA(ADD)": 0.1, "SIGMA(PROP)": 0.04})
-    cl = new.parameters.theta[1]
+    cl = new.parameter_set.theta[1]
     assert (cl.lower, cl.upper) == (0.0, 10.0)
     # the original is untouched, and both evaluate the same data
-    assert model.parameters.theta[1].init == 2.8 and model.parameters.omega[0].init[0, 0] == 0.4
-    values = new.parameters.unpack(new.parameters.initial_natural())
+    assert model.parameter_set.theta[1].init == 2.8 and model.parameter_set.omega[0].init[0, 0] == 0.4
+    values = new.parameter_set.unpack(new.parameter_set.initial_natural())
     eta = torch.zeros(theoph.n_subjects, 2, dtype=T)
     assert torch.isfinite(new.log_likelihood(eta, values, theoph.batch)).all()
 
@@ -325,7 +325,7 @@ def test_with_initial_is_kept_in_the_recipe(theoph):
     assert new.recipe["initial"] == {"CL": 9.0, "OMEGA(KA)": 0.2}
     assert "initial" not in model.recipe
     rebuilt = pmxgen.runs.model_from_recipe(new.recipe, theoph)
-    assert rebuilt.parameters.initial_natural().tolist() == new.parameters.initial_natural().tolist()
+    assert rebuilt.parameter_set.initial_natural().tolist() == new.parameter_set.initial_natural().tolist()
 
 
 # ------------------------------------------------------------------------------------------------- IOV
@@ -360,7 +360,7 @@ def test_iov_layout():
     assert model.n_occasions(ds.batch) == 2
     assert model.eta_names(ds.batch) == ("KA", "CL", "IOV_CL[occ 1]", "IOV_V[occ 1]", "IOV_CL[occ 2]",
                                          "IOV_V[occ 2]")
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     om = model.omega_matrix(values, ds.batch).numpy()
     iov = np.array([[0.05, 0.01], [0.01, 0.03]])
     np.testing.assert_array_equal(om, scipy.linalg.block_diag(np.diag([0.2, 0.1]), iov, iov))
@@ -368,14 +368,14 @@ def test_iov_layout():
     got = model.log_prior(torch.as_tensor(eta, dtype=T), values, ds.batch).numpy()
     np.testing.assert_allclose(got, stats.multivariate_normal(cov=om).logpdf(eta), rtol=1e-12)
     # batched values give a batched block-diagonal Ω
-    phi = model.parameters.initial_natural().expand(3, -1)
-    assert model.omega_matrix(model.parameters.unpack(phi), ds.batch).shape == (3, 6, 6)
+    phi = model.parameter_set.initial_natural().expand(3, -1)
+    assert model.omega_matrix(model.parameter_set.unpack(phi), ds.batch).shape == (3, 6, 6)
 
 
 def test_iov_predictions_use_each_occasions_parameters():
     ds = pmxgen.read_nonmem(iov_frame(), occasion="OCC")
     model = iov_model()
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = np.array([[0.1, -0.2, 0.3, -0.1, -0.25, 0.2],
                     [-0.3, 0.15, -0.1, 0.2, 0.35, -0.15]])
     f = model.predict(torch.as_tensor(eta, dtype=T), values, ds.batch).numpy()
@@ -406,7 +406,7 @@ def test_occasions_are_numbered_in_numeric_label_order():
     assert names == tuple(f"IOV_CL[occ {k}]" for k in range(1, 12))
     eta = torch.zeros(1, 11, dtype=T)
     eta[0, names.index("IOV_CL[occ 10]")] = 0.5
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     f = model.predict(eta, values, ds.batch).numpy()[0]
     expected = bateman([2.0] * 11, 100.0, 1.0, 3.0, 30.0)
     expected[9] = bateman(2.0, 100.0, 1.0, 3.0 * math.exp(0.5), 30.0)     # the 10th sample has OCC = 10
@@ -417,7 +417,7 @@ def test_build_model_with_iov_names_effects():
     ds = pmxgen.read_nonmem(iov_frame(), occasion="OCC")
     model = build_model("1cmt_oral", ds, iov=("CL",))
     assert model.eta_names(ds.batch) == ("KA", "CL", "V", "IOV_CL[occ 1]", "IOV_CL[occ 2]")
-    assert "OMEGA(IOV_CL)" in model.parameters.names
+    assert "OMEGA(IOV_CL)" in model.parameter_set.names
 
 
 # ------------------------------------------------------------------------------------------------ check
@@ -457,7 +457,7 @@ def test_check_rejects_nonfinite_individual_parameters(theoph):
 def test_sample_y_reproducible_and_zero_on_padding():
     ds = pmxgen.read_nonmem(blq_frame())
     model = blq_model({"kind": "combined", "init": {"ADD": 0.04, "PROP": 0.03}})
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = torch.zeros(2, 2, dtype=T)
     a = model.sample_y(eta, values, ds.batch, generator=torch.Generator().manual_seed(11))
     b = model.sample_y(eta, values, ds.batch, generator=torch.Generator().manual_seed(11))
@@ -471,7 +471,7 @@ def test_sample_y_reproducible_and_zero_on_padding():
 def test_sample_y_distribution():
     ds = pmxgen.read_nonmem(blq_frame())
     model = blq_model({"kind": "combined", "init": {"ADD": 0.04, "PROP": 0.03}})
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     big = ds.batch.repeat(8_000)
     eta = torch.zeros(big.n_subjects, 2, dtype=T)
     y = model.sample_y(eta, values, big, generator=torch.Generator().manual_seed(2)).reshape(8_000, 2, 5).numpy()
@@ -483,7 +483,7 @@ def test_sample_y_distribution():
 def test_sample_eta_covariance():
     ds = pmxgen.read_nonmem(iov_frame(), occasion="OCC")
     model = iov_model()
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     big = ds.batch.repeat(20_000)
     eta = model.sample_eta(values, big, generator=torch.Generator().manual_seed(4)).numpy()
     om = model.omega_matrix(values, ds.batch).numpy()
@@ -495,21 +495,21 @@ def test_with_fixed_fixes_theta_sigma_and_omega_by_blocks():
                       omega=[OmegaBlock(["KA", "V"], [0.4, 0.05]), OmegaBlock(["CL"], [0.07])],
                       error={"kind": "combined", "init": {"ADD": 0.1, "PROP": 0.02}})
     fixed = model.with_fixed({"CL": 3.0, "OMEGA(V)": 0.04, "SIGMA(ADD)": 0.2})
-    ps = fixed.parameters
+    ps = fixed.parameter_set
     assert ps.names == ("KA", "V", "OMEGA(KA)", "OMEGA(CL)", "SIGMA(PROP)")
-    assert ps.all_names == model.parameters.all_names and ps.eta_names == ("KA", "V", "CL")
+    assert ps.all_names == model.parameter_set.all_names and ps.eta_names == ("KA", "V", "CL")
     # the diagonal block was split; Ω itself is unchanged apart from the fixed value
     values = ps.unpack(ps.initial_natural())
     assert np.allclose(values.omega.numpy(), np.diag([0.4, 0.04, 0.07]))
     assert float(values.theta["CL"]) == 3.0 and float(values.sigma["ADD"]) == 0.2
-    assert model.parameters.n_estimated == 8          # the original is untouched
+    assert model.parameter_set.n_estimated == 8          # the original is untouched
     full = NLMEModel(get_model("1cmt_oral"), theta={"KA": (0, 1.5), "CL": (0, 2.8), "V": 32.0},
                      omega=[OmegaBlock(["KA", "CL"], [[0.4, 0.01], [0.01, 0.07]])], error="additive")
     with pytest.raises(ModelError, match="fixed by whole blocks.*OMEGA\\(KA\\), OMEGA\\(CL,KA\\), OMEGA\\(CL\\)"):
         full.with_fixed({"OMEGA(CL)": 0.05})
     whole = full.with_fixed({"OMEGA(KA)": 0.3, "OMEGA(CL,KA)": 0.0, "OMEGA(CL)": 0.05})
-    assert whole.parameters.names == ("KA", "CL", "V", "SIGMA(ADD)")
-    assert np.allclose(whole.parameters.omega[0].init, [[0.3, 0.0], [0.0, 0.05]])
+    assert whole.parameter_set.names == ("KA", "CL", "V", "SIGMA(ADD)")
+    assert np.allclose(whole.parameter_set.omega[0].init, [[0.3, 0.0], [0.0, 0.05]])
     with pytest.raises(ModelError, match="unknown parameters"):
         model.with_fixed({"CLEARANCE": 3.0})
     with pytest.raises(ModelError, match="mapping"):
@@ -533,5 +533,5 @@ def test_with_fixed_is_kept_in_the_recipe(theoph):
     model = build_model("1cmt_oral", theoph, error="additive", iiv=("KA", "CL")).with_fixed({"KA": 1.2})
     assert model.recipe["fixed"] == ["KA"] and model.recipe["initial"]["KA"] == 1.2
     rebuilt = pmxgen.runs.model_from_recipe(model.recipe, theoph)
-    assert rebuilt.parameters.names == model.parameters.names
-    assert rebuilt.parameters.theta[0].fixed and rebuilt.parameters.theta[0].init == 1.2
+    assert rebuilt.parameter_set.names == model.parameter_set.names
+    assert rebuilt.parameter_set.theta[0].fixed and rebuilt.parameter_set.theta[0].init == 1.2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pmxgen.errors import ModelError
-from pmxgen.models.parameters import OmegaBlock, ParameterSet, Sigma, Theta, omega_blocks
+from pmxgen.models.parameter_set import OmegaBlock, ParameterSet, Sigma, Theta, omega_blocks
 
 T = torch.float64
 

@@ -303,13 +303,13 @@ def model_case():
     x, _, _, _ = simulate(60, 5, 2, seed=10, missing=0.15)
     data = ppca_dataset(x)
     model = PPCAModel.from_data(data, 2, perturb=0.3, seed=1)
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     return x, data, model, values
 
 
 def test_parameter_names_and_values(model_case):
     x, data, model, values = model_case
-    ps = model.parameters
+    ps = model.parameter_set
     assert ps.names[:5] == ("MU1", "MU2", "MU3", "MU4", "MU5")
     assert ps.names[5:9] == ("W(1,1)", "W(1,2)", "W(2,1)", "W(2,2)") and ps.names[-1] == "SIGMA(NOISE)"
     assert "OMEGA(Z1)" in ps.all_names and "OMEGA(Z1)" not in ps.names          # Ω = I is fixed
@@ -334,8 +334,8 @@ def test_joint_minus_posterior_is_the_marginal_for_any_z(model_case, per_subject
     x, data, model, values = model_case
     batch = data.batch
     if per_subject:   # θ with a leading subject dimension, as the estimators use for per-subject gradients
-        phi = model.parameters.initial_natural().expand(batch.n_subjects, -1)
-        values = model.parameters.unpack(phi)
+        phi = model.parameter_set.initial_natural().expand(batch.n_subjects, -1)
+        values = model.parameter_set.unpack(phi)
     marginal = model.log_marginal(values, batch)
     mean, cov = model.posterior(values, batch)
     post = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
@@ -408,7 +408,7 @@ def test_maximising_log_marginal_through_the_contract_gives_the_closed_form(iden
     x, _, _, _ = simulate(80, 4, 2, seed=12)
     data = ppca_dataset(x)
     model = PPCAModel.from_data(data, 2, perturb=0.5, seed=2, identify=identify)
-    ps = model.parameters
+    ps = model.parameter_set
     if identify:
         fixed = {t.name for t in ps.theta if t.fixed}
         assert fixed == {"W(1,2)"} and "W(1,2)" not in ps.names and "W(2,2)" in ps.names
@@ -435,7 +435,7 @@ def test_maximising_log_marginal_through_the_contract_gives_the_closed_form(iden
 def test_identify_rotates_the_start_without_changing_w_wt():
     w = np.random.default_rng(13).normal(size=(5, 2))
     model = PPCAModel(np.zeros(5), w, 0.5, identify=True)
-    _, w_id, _ = model.split_values(model.parameters.unpack(model.parameters.initial_natural()))
+    _, w_id, _ = model.split_values(model.parameter_set.unpack(model.parameter_set.initial_natural()))
     assert float(w_id[0, 1]) == 0.0 and float(w_id[0, 0]) > 0 and float(w_id[1, 1]) > 0
     np.testing.assert_allclose((w_id @ w_id.T).numpy(), w @ w.T, rtol=1e-12, atol=1e-12)
 

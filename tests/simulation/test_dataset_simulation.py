@@ -269,7 +269,7 @@ def test_population_model_gives_the_numbers_of_sample_eta_and_sample_y(case):
         model, data = _ppca_case()
     sim = simulate_dataset(model, data, seed=17)
     batch = data.batch
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     gen = torch.Generator().manual_seed(17)
     eta = model.sample_eta(values, batch, gen)
     y = model.sample_y(eta, values, batch, gen)

@@ -65,7 +65,7 @@ def test_accumulation_ratio_one_compartment():
     ratio = 1 / (1 - np.exp(-k * tau))
     model = NLMEModel(pmxgen.get_model("1cmt_iv"), theta={"CL": (0, 1.0), "V": (0, 10.0)},
                       omega={"CL": 0.1, "V": 0.1}, error="additive")
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     eta = torch.tensor(np.log(np.stack([cl / 1.0, v / 10.0], axis=1)), dtype=F64)   # P_i = θ exp(η_i)
 
     def metrics(reg):
@@ -171,7 +171,7 @@ def test_infusion_longer_than_tau_at_steady_state_matches_a_long_course():
 def test_cmax_tmax_and_time_above_against_closed_forms():
     model = NLMEModel(pmxgen.get_model("1cmt_oral"), theta={"KA": (0, 1.3), "CL": (0, 2.0), "V": (0, 30.0)},
                       omega={"CL": 0.1}, error="additive")
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     arm = regimen_arm(Regimen.single(100), follow_up=24.0)
     batch = arm_batch(arm, model.structural, torch.zeros(1, 0, dtype=F64), ())
     _, m = arm_exposures(model, values, torch.zeros(1, 1, dtype=F64), batch, arm, threshold=1.0)
@@ -195,7 +195,7 @@ def test_cmax_tmax_and_time_above_against_closed_forms():
                    error="additive")
     arm = regimen_arm(Regimen.single(100), follow_up=24.0)
     batch = arm_batch(arm, iv.structural, torch.zeros(1, 0, dtype=F64), ())
-    _, m = arm_exposures(iv, iv.parameters.unpack(iv.parameters.initial_natural()), torch.zeros(1, 1, dtype=F64),
+    _, m = arm_exposures(iv, iv.parameter_set.unpack(iv.parameter_set.initial_natural()), torch.zeros(1, 1, dtype=F64),
                          batch, arm, threshold=2.0)
     t_above = math.log(10.0 / 2.0) / 0.2
     assert float(m["total"]["t_above"][0]) == pytest.approx(t_above, rel=1e-10)   # crossing solved on the model
@@ -208,7 +208,7 @@ def test_trapezoid_grid_for_models_without_closed_form_is_close_and_exact_at_jum
     """An ODE model gets grid AUCs; the pre/post pairs at bolus times make jumps exact, the rest is O(h²)."""
     ode = pmxgen.get_model("1cmt_iv").as_ode(rtol=1e-10, atol=1e-12)
     model = NLMEModel(ode, theta={"CL": (0, 2.0), "V": (0, 10.0)}, omega={"CL": 0.1}, error="additive")
-    values = model.parameters.unpack(model.parameters.initial_natural())
+    values = model.parameter_set.unpack(model.parameter_set.initial_natural())
     reg = Regimen.every(6, dose=100, n=3)
     arm = regimen_arm(reg, points_per_interval=48)
     batch = arm_batch(arm, model.structural, torch.zeros(1, 0, dtype=F64), ())

@@ -129,7 +129,7 @@ def test_closed_form_gradients_match_finite_differences(name):
                           "DV": [NAN, 1, NAN, 1, NAN, 1, 1.0]})
     ds = pmxgen.read_nonmem(frame)
     base = {"KA": 1.3, "CL": 2.0, "V": 20.0, "V1": 20.0, "Q": 3.0, "V2": 40.0, "Q2": 3.0, "Q3": 0.7, "V3": 70.0}
-    names = list(model.parameters) + ["F1", "ALAG1"]
+    names = list(model.parameter_names) + ["F1", "ALAG1"]
     values = [torch.tensor([base.get(n, {"F1": 0.8, "ALAG1": 0.4}.get(n))], dtype=T, requires_grad=True)
               for n in names]
 

@@ -126,7 +126,7 @@ def main():
         x = simulate(min(n, 200), d, k, seed, missing=0.15)
         data = ppca_dataset(x)
         model = PPCAModel.from_data(data, k, perturb=0.3, seed=seed)
-        values = model.parameters.unpack(model.parameters.initial_natural())
+        values = model.parameter_set.unpack(model.parameter_set.initial_natural())
         mu, w, s2 = model.split_values(values)
         marginal = model.log_marginal(values, data.batch)
         exact = ppca_log_likelihood(x, mu.numpy(), w.numpy(), float(s2), per_row=True)
@@ -177,7 +177,7 @@ def main():
     model = PPCAModel.from_data(data, 2, perturb=0.3, seed=1)
     vem = VariationalEM(max_iter=1500, init="prior", covariance=None, importance_samples=500, posterior_draws=50,
                         seed=0).fit(model, data)
-    ps = model.parameters
+    ps = model.parameter_set
     values = ps.unpack(torch.tensor([vem.estimates[name] for name in ps.names], dtype=torch.float64))
     out["vem"] = {"status": vem.status, "elbo": vem.elbo["elbo"], "elbo_se": vem.elbo["se"],
                   "exact_loglik_at_vem_estimates": float(model.log_marginal(values, data.batch).sum()),
