@@ -143,7 +143,7 @@ def truth_of(name: str) -> dict:
     corr = {tuple(k.split(",")): v for k, v in spec.pop("omega_correlations", {}).items()}
     matrix = _block(names, spec["omega"], corr) if corr else _diagonal(names, spec["omega"])
     truth = {"name": name, "description": spec["description"], "model": spec["model"],
-             "parameters": list(model.parameter_set), "theta": spec["theta"], "omega": spec["omega"],
+             "parameters": list(model.parameter_names), "theta": spec["theta"], "omega": spec["omega"],
              "omega_matrix": {"names": names, "matrix": matrix}, "error": spec["error"], "seed": spec["seed"],
              "n_subjects": spec["n_subjects"], "n_observations": None, "individual_model": spec["individual_model"],
              "design": spec["design"], "units": dict(UNITS), "generated_by": "python datasets/make_simulated.py"}

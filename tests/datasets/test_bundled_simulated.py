@@ -45,8 +45,8 @@ def test_simulated_dataset_loads_and_matches_truth(name):
     assert TRUTH_KEYS <= set(truth)
     assert truth["name"] == name and truth["model"] == model_name and truth["n_subjects"] == n_subjects
     model = pmxgen.get_model(model_name)
-    assert truth["parameters"] == list(model.parameter_set)
-    assert set(model.parameter_set) <= set(truth["theta"])
+    assert truth["parameters"] == list(model.parameter_names)
+    assert set(model.parameter_names) <= set(truth["theta"])
     assert set(truth["omega"]) <= set(truth["theta"])
     assert all(v >= 0 for v in truth["omega"].values())
     assert set(truth["error"]) <= {"additive", "proportional"}
