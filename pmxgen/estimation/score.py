@@ -74,7 +74,8 @@ def _mu_shift(mu_refs: Sequence[MuReference], values, reference_theta: dict, row
 
 def complete_data_scores(model: PopulationModel, phi: torch.Tensor, batch: SubjectBatch, eta: torch.Tensor,
                          mu_refs: Sequence[MuReference] = ()) -> torch.Tensor:
-    """``∇_φ [log p(y_r | η_r, φ) + log p(η_r | φ)]`` for every row r of ``eta`` ``[R, K]`` / ``batch``: ``[R, P]``.
+    """``∇_φ [log p(y_r | η_r, φ) + log p(η_r | φ)]`` for every row r of ``eta`` ``[R, K]`` / ``batch``: ``[R, P]``
+    (NaN in the rows whose complete log density is not finite).
 
     One backward pass: each row gets its own copy of φ. With ``mu_refs`` the latent variable of a
     mu-referenced η is ``z = μ(θ) + η`` (held fixed while θ varies), as in
@@ -93,7 +94,8 @@ def complete_data_scores(model: PopulationModel, phi: torch.Tensor, batch: Subje
             e = e - _mu_shift(mu_refs, values, reference, rows, k, e)
         complete = model.log_likelihood(e, values, batch) + model.log_prior(e, values, batch)
         (g,) = torch.autograd.grad(complete.sum(), phi_rows)
-    return g.detach()
+    # a row whose complete log density is not finite has no score (NaN), whatever autograd says
+    return torch.where(torch.isfinite(complete.detach())[:, None], g.detach(), torch.full_like(g, math.nan))
 
 
 def _jacobian(ps, x: torch.Tensor) -> torch.Tensor:
