@@ -12,6 +12,7 @@ from .mcmc import sample_conditional
 from .objective import METHODS, subject_objective
 from .results import FitResult
 from .saem import MCEM, SAEM
+from .score import FisherScore, fisher_identity_score
 from .variational import VariationalEM
 from .registry import estimator_names, get_estimator_class, make_estimator, register_estimator
 

@@ -36,12 +36,11 @@ import torch
 from ..errors import ConvergenceWarning, EstimationError
 from .base import CliOption, Estimator, check_integer
 from .classical import COVARIANCE_INNER_TOL, approximate_objective, objective_covariance
-from .ebe import solve_ebes
 from .em_steps import EMParameters, sufficient_statistics
-from .importance import importance_sampling, importance_summary
 from .louis import louis_covariance
-from .mcmc import ConditionalTarget, KernelState, apply_kernels, sample_conditional, validate_kernels
-from .posthoc import common_result_fields, draw_summaries, estimate_messages, minus2ll_offset, tables_for
+from .mcmc import ConditionalTarget, KernelState, apply_kernels, validate_kernels
+from .chain_posthoc import conditional_posthoc
+from .posthoc import common_result_fields, estimate_messages
 from .registry import register_estimator
 from .results import FitResult
 
@@ -316,22 +315,12 @@ class _EMEstimator(Estimator):
         values = ps.unpack(phi_hat)
         chains = self.chains(n)
         start = state.eta.reshape(chains, n, k)[0]
-        draws = sample_conditional(model, values, batch, n_draws=int(self.posterior_draws), n_chains=chains,
-                                   burn_in=int(self.posterior_burn_in), kernels=kernels, eta0=start,
-                                   seed=int(self.seed) + 1)
-        eta_names = tuple(model.eta_names(batch))
-        cond_mean, cond_cov, extra = draw_summaries(draws, eta_names)
-        modes = solve_ebes(model, values, batch, cond_mean, max_iter=100, tol=1e-10).eta
-        # Importance sampling with a t proposal matched to the conditional mean and covariance
-        # (slightly widened so that its tails cover the target's).
-        ridge = 1e-8 * torch.eye(k, dtype=cond_cov.dtype, device=cond_cov.device)
-        precision = torch.cholesky_inverse(torch.linalg.cholesky(1.1 * cond_cov + ridge))
-        isr = importance_sampling(model, values, batch, cond_mean, precision, n_samples=int(self.importance_samples),
-                                  df=int(self.importance_df), seed=int(self.seed) + 2)
-        is_dict = importance_summary(isr, model, batch)
-        offset, _ = minus2ll_offset(model, batch)
-        minus2ll = float(is_dict["minus2ll"])
-        ofv = minus2ll - offset
+        post = conditional_posthoc(model, data, values, start, n_chains=chains, kernels=kernels,
+                                   posterior_draws=self.posterior_draws, burn_in=self.posterior_burn_in,
+                                   importance_samples=self.importance_samples, importance_df=self.importance_df,
+                                   seed=int(self.seed))
+        draws, modes, cond_cov, is_dict = post.draws, post.modes, post.cov, post.importance
+        minus2ll, ofv, eta_names = post.minus2ll, post.ofv, tuple(model.eta_names(batch))
         if not math.isfinite(minus2ll) and status != "failed":
             messages = [f"the importance-sampling -2LL is not finite at the final estimates ({minus2ll}); check the "
                         f"model and the data"] + list(messages)
@@ -346,7 +335,7 @@ class _EMEstimator(Estimator):
         elif self.covariance == "linearization":
             objective = approximate_objective(model, batch, "focei", inner_tol=COVARIANCE_INNER_TOL)
             cov_result = objective_covariance(ps, objective, phi_hat, modes, "R")
-        tables = tables_for(model, data, values, modes, extra)
+        tables = post.tables
         near, notes = estimate_messages(ps, phi_hat, is_dict)
         messages = list(messages) + em.messages[:5] + notes
         return FitResult(
