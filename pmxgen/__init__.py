@@ -46,6 +46,7 @@ _EXPORTS = {
     "SAEM": "pmxgen.estimation",
     "MCEM": "pmxgen.estimation",
     "VariationalEM": "pmxgen.estimation",
+    "FisherScore": "pmxgen.estimation",
     "Flow": "pmxgen.generative",
     "AffineFlow": "pmxgen.generative",
     "PlanarFlow": "pmxgen.generative",

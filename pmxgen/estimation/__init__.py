@@ -20,4 +20,5 @@ __all__ = ["Estimator", "CliOption", "register_estimator", "estimator_names", "g
            "make_estimator", "ClassicalEstimator", "FO", "FOCE", "FOCEI", "Laplace", "SAEM", "MCEM", "VariationalEM", "SubjectEncoder", "fit", "FitResult", "METHODS",
            "ALL_METHODS", "subject_objective", "solve_ebes", "EBEResult", "covariance_step", "CovarianceResult",
            "importance_sampling", "importance_sampling_from_draws", "ImportanceSamplingResult", "sample_conditional", "louis_information",
-           "louis_covariance", "TaylorExpansion", "expand_predictions", "expanded_model"]
+           "louis_covariance", "TaylorExpansion", "expand_predictions", "expanded_model", "FisherScore",
+           "fisher_identity_score"]

@@ -15,7 +15,7 @@ import torch
 
 from ..data.dataset import Dataset
 from ..models.base import capabilities
-from ..models.parameters import PopulationValues
+from ..models.parameter_set import PopulationValues
 from .ebe import solve_ebes
 from .importance import importance_sampling, importance_summary
 from .mcmc import sample_conditional

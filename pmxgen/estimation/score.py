@@ -82,7 +82,7 @@ def complete_data_scores(model: PopulationModel, phi: torch.Tensor, batch: Subje
     :func:`~pmxgen.estimation.louis.louis_information`: the expectation is the same, the Monte
     Carlo variance is smaller where the data say little about η.
     """
-    ps = model.parameters
+    ps = model.parameter_set
     rows, k = eta.shape
     p = phi.numel()
     with torch.enable_grad():
@@ -113,7 +113,7 @@ def _mean_vector(mu_refs: Sequence[MuReference], values, k: int, like: torch.Ten
 def _mu_references(model, values, batch) -> list[MuReference]:
     if not callable(getattr(model, "individual_parameters", None)):
         return []
-    estimated = {t.name for t in model.parameters.theta if not t.fixed}
+    estimated = {t.name for t in model.parameter_set.theta if not t.fixed}
     return find_mu_references(model, values, batch, estimated, n_iiv=len(model.eta_names(batch)))
 
 
@@ -160,7 +160,7 @@ def fisher_identity_score(model: PopulationModel, data: Dataset, values: dict | 
                           ("burn_in", burn_in, 0)):
         check_integer("fisher_identity_score", label, v, low)
     kernels = validate_kernels(kernels or {"prior": 2, "random_walk": 2, "mala": 2})
-    ps = model.parameters
+    ps = model.parameter_set
     batch = data.batch
     phi = ps.initial_natural(dtype=batch.dtype, device=batch.device)
     if values:
@@ -375,7 +375,7 @@ class FisherScore(Estimator):
         started = time.perf_counter()
         kernels = validate_kernels(self.kernels)
         batch = data.batch
-        ps = model.parameters
+        ps = model.parameter_set
         n, k, p = batch.n_subjects, len(model.eta_names(batch)), len(ps.names)
         chains = self.chains(n)
         rep = batch.repeat(chains) if chains > 1 else batch
@@ -471,7 +471,7 @@ class FisherScore(Estimator):
     def _finish(self, model, data, phi_hat, x_hat, mu_refs, kernels, state, chains, fisher_se, n_averaged, status,
                 messages, history, started) -> FitResult:
         batch = data.batch
-        ps = model.parameters
+        ps = model.parameter_set
         n, k = batch.n_subjects, len(model.eta_names(batch))
         values = ps.unpack(phi_hat)
         start = state.eta.reshape(chains, n, k)[0]

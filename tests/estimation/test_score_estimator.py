@@ -166,8 +166,8 @@ class _BreakingModel(NLMEModel):
 
 def test_non_finite_scores_fail(theoph):
     data, model, *_ = theoph
-    breaking = _BreakingModel(model.structural, theta=list(model.parameters.theta),
-                              omega=list(model.parameters.omega), error=model.error)
+    breaking = _BreakingModel(model.structural, theta=list(model.parameter_set.theta),
+                              omega=list(model.parameter_set.omega), error=model.error)
     with pytest.warns(ConvergenceWarning, match="SCORE did not converge: the score of"):
         fit = FisherScore(covariance=None, seed=1, **QUICK).fit(breaking, data)
     assert fit.status == "failed" and "is not finite at iteration" in fit.messages[0], fit.messages
