@@ -20,3 +20,5 @@ __all__ = ["Estimator", "CliOption", "register_estimator", "estimator_names", "g
            "ALL_METHODS", "subject_objective", "solve_ebes", "EBEResult", "covariance_step", "CovarianceResult",
            "importance_sampling", "importance_sampling_from_draws", "ImportanceSamplingResult", "sample_conditional", "louis_information",
            "louis_covariance", "TaylorExpansion", "expand_predictions", "expanded_model"]
+from .energy_em import EnergyEM
+__all__ += ["EnergyEM"]
