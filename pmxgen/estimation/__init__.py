@@ -13,6 +13,7 @@ from .objective import METHODS, subject_objective
 from .results import FitResult
 from .saem import MCEM, SAEM
 from .score import FisherScore, fisher_identity_score
+from .energy_em import EnergyEM
 from .variational import VariationalEM
 from .registry import estimator_names, get_estimator_class, make_estimator, register_estimator
 
@@ -21,4 +22,4 @@ __all__ = ["Estimator", "CliOption", "register_estimator", "estimator_names", "g
            "ALL_METHODS", "subject_objective", "solve_ebes", "EBEResult", "covariance_step", "CovarianceResult",
            "importance_sampling", "importance_sampling_from_draws", "ImportanceSamplingResult", "sample_conditional", "louis_information",
            "louis_covariance", "TaylorExpansion", "expand_predictions", "expanded_model", "FisherScore",
-           "fisher_identity_score"]
+           "fisher_identity_score", "EnergyEM"]

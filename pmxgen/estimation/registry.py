@@ -55,8 +55,8 @@ _ENTRY_POINTS_LOADED = False
 def _ensure_builtins() -> None:
     global _ENTRY_POINTS_LOADED
     # Importing the built-in estimator modules registers them.
-    from . import classical, saem, variational
-    del classical, saem, variational
+    from . import classical, energy_em, saem, score, variational
+    del classical, energy_em, saem, score, variational
     if not _ENTRY_POINTS_LOADED:
         _ENTRY_POINTS_LOADED = True
         from importlib.metadata import entry_points

@@ -12,3 +12,5 @@ __all__ = ["PopulationModel", "gaussian_log_prior", "TIERS", "capabilities", "re
            "LIBRARY", "DEFAULT_IIV", "power_effect", "exponential_effect", "linear_effect",
            "categorical_effect", "PPCAModel", "PPCAResult", "fit_ppca", "ppca_dataset", "ppca_log_likelihood",
            "ppca_matrix", "ppca_posterior"]
+from .energy_prior import EnergyPriorModel
+__all__ += ["EnergyPriorModel"]

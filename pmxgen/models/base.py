@@ -20,6 +20,8 @@ tier                      what the model provides                               
                           Ω from the parameter set's blocks (closed-form EM statistics)
 ``individual_parameters`` ``individual_parameters(η, values, batch) -> {name: [N]}``       mu-referencing (SAEM's
                                                                                            closed-form θ), tables
+``energy_random_eff…``    ``eta_distribution == "energy"`` and ``log_normalizer``:           EnergyEM
+                          p(η) = exp(−E(η))/Z with a computable Z (``EnergyPriorModel``)
 ``network_weights``       a non-empty ``networks`` (``torch.nn.ModuleDict``) of weights     estimators that declare
                           that are population parameters                                   they optimise weights
 ========================  ===============================================================  ==========================
@@ -209,6 +211,11 @@ TIERS: dict[str, tuple] = {
         lambda m: _has_methods(m, ("individual_parameters",)),
         "individual_parameters(eta, values, batch) -> {name: [N] tensor}",
         "add that method to the model"),
+    "energy_random_effects": (
+        lambda m: getattr(m, "eta_distribution", None) == "energy" and callable(getattr(m, "log_normalizer", None)),
+        "random effects with an energy-based density exp(-E(η))/Z and a computable log Z (eta_distribution == "
+        "'energy')",
+        "wrap the model: pmxgen.models.EnergyPriorModel(model)"),
     "network_weights": (
         lambda m: len(list(m.networks.parameters())) > 0 if isinstance(getattr(m, "networks", None),
                                                                         torch.nn.Module) else False,

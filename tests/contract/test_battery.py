@@ -36,6 +36,8 @@ FAST = {
                  posterior_burn_in=2, covariance=None),
     "score": dict(iterations=8, n_chains=2, importance_samples=20, posterior_draws=6, posterior_burn_in=2, covariance=None),
     "vem": dict(max_iter=25, n_samples=2, elbo_samples=8, importance_samples=20, posterior_draws=6, covariance=None),
+    "energyem": dict(n_explore=4, n_smooth=4, n_chains=2, energy_steps=2, importance_samples=20, posterior_draws=6,
+                     posterior_burn_in=2),
 }
 WEIGHT_DECAY = {"fo": 1.0, "foce": 1.0, "focei": 1.0, "laplace": 1.0, "vem": 1.0}
 
