@@ -109,6 +109,22 @@ class Diagnostics:
             out["pcvpc"] = self.pcvpc.table
         return out
 
+    def _eta_densities(self, omega) -> tuple:
+        """(Ω diagonal, prior density) for the η histograms: N(0, ω²) for Gaussian random effects; the
+        model's own prior for one non-Gaussian random effect; nothing (no misleading normal curve)
+        for several non-Gaussian ones."""
+        model, run = self.run.model, self.run
+        if getattr(model, "eta_distribution", "gaussian") == "gaussian":
+            return omega, None
+        if len(self.fit.eta_names) != 1:
+            return None, None
+
+        def density(grid):
+            eta = torch.as_tensor(grid, dtype=run.data.dtype, device=run.data.device)[:, None]
+            with torch.no_grad():
+                return torch.exp(model.log_prior(eta, run.values, None)).cpu().numpy()
+        return None, density
+
     def figures(self, per_page: int = 12) -> dict[str, list]:
         """Figures by section title (each a list of matplotlib figures; sections without data are left out)."""
         from .gof import gof_figure, residual_figure
@@ -121,7 +137,7 @@ class Diagnostics:
         out = {"Goodness of fit": [gof_figure(self.observations)],
                "Residuals and NPDE": [residual_figure(self.observations)]}
         if fit.eta_names:
-            out["Random effects"] = [eta_histograms(fit.individual, fit.eta_names, omega)]
+            out["Random effects"] = [eta_histograms(fit.individual, fit.eta_names, *self._eta_densities(omega))]
             cov_fig = eta_covariate_figure(fit.individual, fit.eta_names, self.covariates())
             if cov_fig is not None:
                 out["Random effects vs covariates"] = [cov_fig]

@@ -57,8 +57,11 @@ def individual_fit_pages(observations: pd.DataFrame, per_page: int = 12, max_col
     return pages
 
 
-def eta_histograms(individual: pd.DataFrame, eta_names, omega_diag=None):
+def eta_histograms(individual: pd.DataFrame, eta_names, omega_diag=None, prior_density=None):
     """Histogram of each EBE column ``ETA(name)`` with the N(0, ω) density when ``omega_diag`` is given.
+
+    ``prior_density`` (a callable from a grid ``[G]`` of η values to the model's prior density, for
+    a model with one non-Gaussian random effect) is drawn instead of the normal density.
 
     Examples
     --------
@@ -76,7 +79,11 @@ def eta_histograms(individual: pd.DataFrame, eta_names, omega_diag=None):
         v = individual[f"ETA({name})"].to_numpy(dtype=float)
         v = v[np.isfinite(v)]
         ax.hist(v, bins="auto", density=True, color=OBS, alpha=0.6)
-        if omega_diag is not None and float(omega_diag[k]) > 0:
+        if prior_density is not None and k == 0:
+            grid = np.linspace(min(v.min(initial=0), -1.0) - 0.5, max(v.max(initial=0), 1.0) + 0.5, 400)
+            ax.plot(grid, prior_density(grid), color=IPRED, lw=1.5, label="model prior")
+            ax.legend(fontsize=7)
+        elif omega_diag is not None and float(omega_diag[k]) > 0:
             sd = float(np.sqrt(omega_diag[k]))
             grid = np.linspace(min(-3 * sd, v.min(initial=0)), max(3 * sd, v.max(initial=0)), 200)
             ax.plot(grid, stats.norm.pdf(grid, 0, sd), color=IPRED, lw=1.5, label="N(0, ω²)")

@@ -161,5 +161,17 @@ def test_energy_prior_finds_two_subpopulations(bimodal):
     g2ll, e2ll = gauss.importance_sampling["minus2ll"], fit.minus2ll
     assert e2ll < g2ll - 100, (e2ll, g2ll)
     assert fit.importance_sampling["se"] < 2 and gauss.importance_sampling["se"] < 2
+    # the diagnostics say it too: the Gaussian model's NPD are far from normal (a mixture of two
+    # groups seen through one Gaussian), the energy model's are not; the report carries both
+    diag_energy = pmxgen.diagnostics.diagnose(fit, n_simulations=100, seed=1, model=model, data=data)
+    diag_gauss = pmxgen.diagnostics.diagnose(gauss, n_simulations=100, seed=1, model=_base(), data=data)
+    assert diag_energy.npde_tests("npd")["global_p"] > 0.01 and diag_gauss.npde_tests("npd")["global_p"] < 1e-6
+    # the report's η histogram draws the fitted (bimodal) prior, not a normal curve
+    (hist_fig,) = diag_energy.figures()["Random effects"]
+    (line,) = hist_fig.axes[0].get_lines()[:1]
+    assert line.get_label() == "model prior"
+    grid, dens = line.get_xdata(), line.get_ydata()
+    inner = [i for i in range(1, len(dens) - 1) if dens[i] > dens[i - 1] and dens[i] > dens[i + 1] and dens[i] > 0.2]
+    assert len(inner) == 2 and abs(grid[inner[0]] - TRUE_MODES[0]) < 0.1 and abs(grid[inner[1]] - TRUE_MODES[1]) < 0.1
     print(f"-2LL energy {e2ll:.1f} (SE {fit.importance_sampling['se']:.2f}), Gaussian {g2ll:.1f}; modes "
           f"{xs[peaks[0]]:.3f}, {xs[peaks[1]]:.3f} (truth {TRUE_MODES[0]:.3f}, {TRUE_MODES[1]:.3f}); peak ratio {ratio:.2f}")
