@@ -43,3 +43,16 @@ def test_variational_estimators_vignette():
     assert gap["VEM_AMORTIZED"] < 3 and gap["VEM_AMORTIZED_REFINED"] < 1.5
     # refinement can only tighten the encoder's posteriors
     assert variational.loc["VEM_AMORTIZED_REFINED", "minus2elbo"] < variational.loc["VEM_AMORTIZED", "minus2elbo"] + 0.3
+
+
+def test_score_estimator_on_a_simulated_set_in_the_vignette():
+    """sim_1cmt_oral_wt: the score estimator within 1 SAEM SE of SAEM (measured: at most 0.37 SE,
+    SIGMA(ADD)), and the same parameters covered by the 95 % intervals."""
+    table = _load("variational_estimators").compare_simulated().set_index("method")
+    assert (table["status"] == "converged").all(), table["status"]
+    saem, score = table.loc["SAEM"], table.loc["SCORE"]
+    names = [c[3:] for c in table.columns if c.startswith("se_")]
+    for name in names:
+        assert abs(score[name] - saem[name]) < saem[f"se_{name}"], name
+        assert (abs(score[f"z_{name}"]) < 1.959964) == (abs(saem[f"z_{name}"]) < 1.959964), name
+    assert abs(score["is_minus2ll"] - saem["is_minus2ll"]) < 1.0

@@ -17,6 +17,10 @@ variational methods also report their ELBO, a lower bound of the log-likelihood
 * the encoder, learned from only 12 records, still gives posteriors within about half a point
   of the per-subject Gaussians' ELBO; per-subject refinement closes most of the rest.
 
+:func:`compare_simulated` runs FOCE-I, SAEM and the score estimator on a bundled simulated set
+(``sim_1cmt_oral_wt``, known truth): the score estimator agrees with SAEM within one SAEM standard
+error, and the same parameters' 95 % intervals cover the truth.
+
 Run: ``python vignettes/variational_estimators.py``.
 """
 from __future__ import annotations
@@ -60,6 +64,29 @@ def compare(quick: bool = False) -> pd.DataFrame:
                      **{name: fit.estimates[name] for name in fit.estimated_names},
                      **{f"se_{name}": fit.se[name] for name in fit.estimated_names},
                      "seconds": fit.elapsed_seconds})
+    return pd.DataFrame(rows)
+
+
+def compare_simulated(name: str = "sim_1cmt_oral_wt") -> pd.DataFrame:
+    """FOCE-I, SAEM and NLME by score on a bundled simulated set (known truth), one row per method:
+    status, importance-sampling −2LL, estimates, SEs, z-scores against the truth, time."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "estimation"))
+    from simulated_models import model_for, true_values, z_scores    # the generating models of the sets
+
+    data = pmxgen.datasets.load(name)
+    truth = true_values(pmxgen.datasets.truth(name))
+    runs = {"FOCEI": dict(method="focei", importance_samples=N_IMPORTANCE, seed=1),
+            "SAEM": dict(method="saem", n_explore=100, n_smooth=80, importance_samples=N_IMPORTANCE, seed=1),
+            "SCORE": dict(method="score", importance_samples=N_IMPORTANCE, seed=1)}
+    rows = []
+    for label, options in runs.items():
+        fit = pmxgen.fit(model_for(name, data), data, **options)
+        rows.append({"method": label, "status": fit.status, "is_minus2ll": fit.importance_sampling["minus2ll"],
+                     **{p: fit.estimates[p] for p in fit.estimated_names},
+                     **{f"se_{p}": fit.se[p] for p in fit.estimated_names},
+                     **{f"z_{p}": z for p, z in z_scores(fit, truth).items()}, "seconds": fit.elapsed_seconds})
     return pd.DataFrame(rows)
 
 
