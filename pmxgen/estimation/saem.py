@@ -205,6 +205,16 @@ def _subjects_without_likelihood(model, em: EMParameters, rep, eta: torch.Tensor
     return [ids[i] for i in range(len(ids)) if not bool(finite[i])]
 
 
+def _lost_subjects_failure(model, em, rep, eta, chains: int, ids) -> str | None:
+    """The failure message when some subjects' log-likelihood is not finite in every chain at the end, else None."""
+    lost = _subjects_without_likelihood(model, em, rep, eta, chains, ids)
+    if not lost:
+        return None
+    return (f"the log-likelihood is not finite at the final estimates for subject(s) "
+            f"{', '.join(map(str, lost[:10]))}{' ...' if len(lost) > 10 else ''} in every chain; "
+            f"check the model and the data of these subjects")
+
+
 def _move_numeric(em: EMParameters, step, gamma: float) -> list[str]:
     """Move the numerically updated parameters towards ``step``; the names that became non-finite (else [])."""
     try:
@@ -494,11 +504,7 @@ class SAEM(_EMEstimator):
         messages = [f"{self.n_explore} exploratory and {self.n_smooth} smoothing iterations, {chains} chain(s) per "
                     f"subject; acceptance " + ", ".join(f"{k} {v:.2f}" for k, v in state.acceptance().items())]
         if failure is None:
-            lost = _subjects_without_likelihood(model, em, rep, state.eta, chains, data.ids)
-            if lost:
-                failure = (f"the log-likelihood is not finite at the final estimates for subject(s) "
-                           f"{', '.join(map(str, lost[:10]))}{' ...' if len(lost) > 10 else ''} in every chain; "
-                           f"check the model and the data of these subjects")
+            failure = _lost_subjects_failure(model, em, rep, state.eta, chains, data.ids)
         if failure is not None:
             status, found = "failed", [failure]
         else:
@@ -613,11 +619,7 @@ class MCEM(_EMEstimator):
                 break
         messages = [f"{len(history)} iterations, up to {m} draws per subject and chain, {chains} chain(s)"]
         if failure is None:
-            lost = _subjects_without_likelihood(model, em, rep, state.eta, chains, data.ids)
-            if lost:
-                failure = (f"the log-likelihood is not finite at the final estimates for subject(s) "
-                           f"{', '.join(map(str, lost[:10]))}{' ...' if len(lost) > 10 else ''} in every chain; "
-                           f"check the model and the data of these subjects")
+            failure = _lost_subjects_failure(model, em, rep, state.eta, chains, data.ids)
         if failure is not None:
             status = "failed"
             messages.insert(0, failure)

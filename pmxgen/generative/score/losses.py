@@ -78,6 +78,7 @@ True
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -360,7 +361,7 @@ def model_energy(model: object, who: str) -> Callable[..., torch.Tensor]:
                      f"found {type(model).__name__} without one")
 
 
-class Loss(torch.nn.Module):
+class Loss(torch.nn.Module, ABC):
     """A training loss for :func:`~pmxgen.generative.score.fit.fit_energy`: ``loss(model, x, generator)``.
 
     A loss may hold parameters of its own (e.g. the log-normaliser of noise-contrastive estimation),
@@ -382,9 +383,10 @@ class Loss(torch.nn.Module):
     def setup(self, model: torch.nn.Module, data: torch.Tensor, generator: torch.Generator) -> None:
         """Prepare from the whole data set before the first step (default: nothing)."""
 
+    @abstractmethod
     def forward(self, model: torch.nn.Module, x: torch.Tensor,  # type: ignore[override]
                 generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover - every subclass overrides it
+        """The mean loss of the batch ``x`` (differentiable in the model's weights)."""
 
 
 class ExplicitScoreMatching(Loss):
