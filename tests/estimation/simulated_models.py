@@ -55,3 +55,16 @@ def model_for(name: str, data):
     if name == "sim_mm_oral":
         return build_model("1cmt_oral_mm", data, error="combined", iiv=("KA", "VM", "V"))
     return build_model("2cmt_iv", data, error="combined", iiv=("CL", "V1", "Q", "V2"))
+
+
+class BreakingModel(NLMEModel):
+    """Its likelihood becomes NaN after 50 evaluations, as an ODE solver that blows up mid-run."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def log_likelihood(self, eta, values, batch):
+        ll = super().log_likelihood(eta, values, batch)
+        self.calls += 1
+        return ll if self.calls < 50 else torch.full_like(ll, float("nan"))

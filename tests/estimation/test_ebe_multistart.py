@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest

@@ -30,7 +30,7 @@ from pmxgen.estimation.mu_reference import find_mu_references
 from pmxgen.models import NLMEModel, build_model
 from linear_gaussian import LINEAR_NAMES, exact_minus2ll as _exact_minus2ll, exact_mle as _exact_mle, \
     linear_data as _linear_data, linear_model as _linear_model
-from simulated_models import model_for, true_values, z_scores
+from simulated_models import BreakingModel, model_for, true_values, z_scores
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "focei_simulated.json"
 QUICK = {"n_explore": 20, "n_smooth": 10, "importance_samples": 50, "posterior_draws": 20, "posterior_burn_in": 5}
@@ -211,26 +211,13 @@ def test_saem_convergence_rule_on_synthetic_trajectories():
     assert any("Monte Carlo error of B" in m for m in messages), messages
 
 
-class _BreakingModel(NLMEModel):
-    """Its likelihood becomes NaN after 50 evaluations, as an ODE solver that blows up mid-run."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = 0
-
-    def log_likelihood(self, eta, values, batch):
-        ll = super().log_likelihood(eta, values, batch)
-        self.calls += 1
-        return ll if self.calls < 50 else torch.full_like(ll, float("nan"))
-
-
 @pytest.mark.parametrize("estimator", [SAEM(n_explore=20, n_smooth=20, seed=1, covariance=None, importance_samples=50,
                                             posterior_draws=20, posterior_burn_in=5),
                                        MCEM(max_iter=5, seed=1, covariance=None, importance_samples=50,
                                             posterior_draws=20, posterior_burn_in=5)], ids=["saem", "mcem"])
 def test_em_run_whose_likelihood_becomes_nonfinite_fails(theoph, estimator):
     data, model, *_ = theoph
-    breaking = _BreakingModel(model.structural, theta=list(model.parameter_set.theta),
+    breaking = BreakingModel(model.structural, theta=list(model.parameter_set.theta),
                               omega=list(model.parameter_set.omega), error=model.error)
     with pytest.warns(ConvergenceWarning, match="log-likelihood is not finite"):
         fit = estimator.fit(breaking, data)

@@ -16,15 +16,15 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 import pmxgen
 from pmxgen.cli import main
 from pmxgen.errors import ConvergenceWarning, EstimationError, ModelError
 from pmxgen.estimation import SAEM, FisherScore, FitResult, fisher_identity_score
 from pmxgen.estimation.score import SCORE_Z
-from pmxgen.models import NLMEModel, PPCAModel, build_model, ppca_dataset
+from pmxgen.models import PPCAModel, build_model, ppca_dataset
 from linear_gaussian import LINEAR_NAMES as NAMES, exact_minus2ll, exact_mle, linear_data, linear_model
+from simulated_models import BreakingModel
 
 QUICK = dict(iterations=60, importance_samples=50, posterior_draws=20, posterior_burn_in=5)
 
@@ -151,22 +151,9 @@ def test_too_short_or_unfinished_runs_are_not_converged(theoph):
     assert slow.status == "max_iterations" and "raise iterations" in slow.messages[0]
 
 
-class _BreakingModel(NLMEModel):
-    """Its likelihood becomes NaN after 50 evaluations, as an ODE solver that blows up mid-run."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = 0
-
-    def log_likelihood(self, eta, values, batch):
-        ll = super().log_likelihood(eta, values, batch)
-        self.calls += 1
-        return ll if self.calls < 50 else torch.full_like(ll, float("nan"))
-
-
 def test_non_finite_scores_fail(theoph):
     data, model, *_ = theoph
-    breaking = _BreakingModel(model.structural, theta=list(model.parameter_set.theta),
+    breaking = BreakingModel(model.structural, theta=list(model.parameter_set.theta),
                               omega=list(model.parameter_set.omega), error=model.error)
     with pytest.warns(ConvergenceWarning, match="SCORE did not converge: the score of"):
         fit = FisherScore(covariance=None, seed=1, **QUICK).fit(breaking, data)
