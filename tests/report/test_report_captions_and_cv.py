@@ -1,7 +1,6 @@
 """The report reads without its images (alt text and captions name what each figure shows), and
 Ω is shown as %CV (exact log-normal formula) in the report and in FitResult.summary()."""
 import math
-import re
 from html.parser import HTMLParser
 
 import numpy as np
