@@ -52,16 +52,24 @@ def _load(data: str, occasion: str | None = None, require_doses: bool = True):
             return pmxgen.read_nonmem(data, occasion=occasion, require_doses=require_doses)
         except OSError as exc:
             raise UsageError(f"{data} cannot be read ({exc.strerror or exc})") from None
-    if data in pmxgen.datasets.list():
+    if data in pmxgen.datasets.list("nonmem"):
         return pmxgen.datasets.load(data, **({"occasion": occasion} if occasion else {}))
+    if data in pmxgen.datasets.list("covariates"):
+        raise UsageError(f"{data!r} is a covariate panel (one row per subject, no doses), not a NONMEM data set; "
+                         f"use it with `pmxgen generate {data} ...` or pmxgen.datasets.load_table({data!r})")
     raise UsageError(f"{data!r} is neither a file nor a bundled dataset "
-                     f"({', '.join(pmxgen.datasets.list())})")
+                     f"({', '.join(pmxgen.datasets.list('nonmem'))})")
 
 
 def _cmd_datasets(args) -> int:
     import pmxgen
     if args.name is None:
         for name in pmxgen.datasets.list():
+            if pmxgen.datasets.kind(name) == "covariates":
+                panel = pmxgen.datasets.load_table(name)
+                print(f"{name:<24} {len(panel):>5} rows, {panel.shape[1]} columns (covariate panel)  "
+                      f"{pmxgen.datasets.path(name)}")
+                continue
             ds = pmxgen.datasets.load(name)
             print(f"{name:<24} {ds.n_subjects:>5} subjects {ds.n_observations:>6} observations  "
                   f"{pmxgen.datasets.path(name)}")
