@@ -69,6 +69,8 @@ _EXPORTS = {
     "Run": "pmxgen.runs",
     "load_run": "pmxgen.runs",
     "fitted_values": "pmxgen.runs",
+    "generate_population": "pmxgen.generative.vpop",
+    "simulate_virtual_population": "pmxgen.simulation",
 }
 _SUBMODULES = ("data", "structural", "simulation", "datasets", "errors", "models", "estimation", "diagnostics",
                "report", "runs", "generative")

@@ -1,4 +1,4 @@
-"""Command line: ``pmxgen fit | datasets | summarize | demo``.
+"""Command line: ``pmxgen fit | datasets | summarize | demo | generate | report | simulate``.
 
 ``pmxgen fit theophylline --model 1cmt_oral --error additive --iiv KA,CL --method focei --output out/``
 fits a population model and writes ``results.json`` and NONMEM-like tables.
@@ -250,6 +250,65 @@ def _cmd_fit(args) -> int:
     return 0 if fit.status == "converged" else 1
 
 
+def _parse_bounds(items: Sequence[str]) -> dict:
+    """``NAME=LO:HI`` (either side may be empty: ``WT=0:``, ``FRAC=0:1``, ``X=:`` removes a bound)."""
+    out = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        lo, colon, hi = spec.partition(":")
+        if not sep or not colon or not name.strip():
+            raise UsageError(f"--bounds expects NAME=LOWER:UPPER (a side may be empty, e.g. WT=0:), got {item!r}")
+        try:
+            out[name.strip()] = tuple(float(v) if v.strip() else None for v in (lo, hi))
+        except ValueError:
+            raise UsageError(f"--bounds {item!r}: the bounds must be numbers") from None
+    return out
+
+
+def _parse_values(items: Sequence[str], option: str) -> dict:
+    """``NAME=VALUE`` with VALUE read as JSON where it can be (numbers, true/false, lists), else as text."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"{option} expects NAME=VALUE, got {item!r}")
+        try:
+            out[name.strip()] = json.loads(value)
+        except ValueError:
+            out[name.strip()] = value
+    return out
+
+
+def _cmd_generate(args) -> int:
+    from pmxgen.generative.generator import GENERATORS, generator_names
+    if args.models:
+        for name in generator_names():
+            doc = (GENERATORS[name].__doc__ or "").strip().splitlines()
+            print(f"{name:<24} {doc[0] if doc else ''}")
+        return 0
+    if args.data is None:
+        raise UsageError("give the covariates: a CSV file or a bundled data set name (e.g. diabetes)")
+    if not args.output:
+        raise UsageError("give --output FILE.csv for the generated population")
+    if args.n < 1 or args.chunk_size < 1:
+        raise UsageError(f"--n and --chunk-size must be >= 1 (found {args.n}, {args.chunk_size})")
+    from pmxgen.generative.vpop import generate_population
+    pop = generate_population(args.data, model=args.model, n=args.n, output=args.output,
+                              conditions=_split(args.conditions), given=_parse_values(args.given, "--given"),
+                              seed=args.seed, bounds=_parse_bounds(args.bounds) if args.bounds else "auto",
+                              categorical=_split(args.categorical), drop=_split(args.drop), save=args.save,
+                              chunk_size=args.chunk_size, params=_parse_values(args.set, "--set"),
+                              device=args.device, progress=not args.quiet)
+    gen = pop.generator
+    print(f"Fitted {gen.name} to {pop.source} ({len(gen.transform_.schema.columns)} columns) in "
+          f"{pop.fit_seconds:.3g} s: {gen.status_} ({gen.message_})")
+    print(f"Wrote {pop.n} virtual subjects to {pop.path} in {pop.sample_seconds:.3g} s "
+          f"(columns {', '.join(pop.columns)})")
+    if args.save:
+        print(f"Saved the generator to {args.save}")
+    return 0
+
+
 def _load_plugins(argv: list[str]) -> None:
     """Import the ``--plugin`` files or modules first, so their estimators are choices of ``--method``."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -314,6 +373,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", help="folder for predictions.csv, simulated.csv, summary.json")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("generate", help="learn a covariate table and generate a virtual population (CSV)",
+                       description="Fit a generator of virtual populations to covariates (a CSV file with one row "
+                                   "per subject, a bundled covariate panel such as diabetes, or the subjects of a "
+                                   "bundled NONMEM set such as pheno) and stream --n generated rows to --output.")
+    p.add_argument("data", nargs="?", help="covariates: a CSV file or a bundled data set name")
+    p.add_argument("--model", default="gaussian_copula",
+                   help="generator family (default gaussian_copula; `pmxgen generate --models` lists them)")
+    p.add_argument("--models", action="store_true", help="list the registered generators and exit")
+    p.add_argument("--n", type=int, default=10000, help="virtual subjects to generate (default 10000)")
+    p.add_argument("--output", help="CSV file for the virtual population (written chunk by chunk)")
+    p.add_argument("--conditions", help="comma-separated columns to condition on (their values are resampled from "
+                                        "the data unless fixed by --given)")
+    p.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
+                   help="fixed value of a condition column, e.g. SEX=2 (repeatable)")
+    p.add_argument("--bounds", action="extend", nargs="+", default=[], metavar="NAME=LO:HI",
+                   help="column bounds, e.g. WT=0: FRAC=0:1 (open intervals; positive columns get 0: by default; "
+                        "NAME=: removes a bound)")
+    p.add_argument("--categorical", help="comma-separated columns to treat as categorical")
+    p.add_argument("--drop", help="comma-separated columns not to model (e.g. an outcome: Y)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", metavar="FILE", help="save the fitted generator (safetensors)")
+    p.add_argument("--chunk-size", type=int, default=100000, help="rows generated and written at a time")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="generator hyperparameter, e.g. max_epochs=50 (repeatable)")
+    p.add_argument("--device", help="torch device, e.g. cuda")
+    p.add_argument("--quiet", action="store_true", help="no training progress lines")
+    p.set_defaults(func=_cmd_generate)
     register_report(sub)
     register_simulate(sub)
     return parser

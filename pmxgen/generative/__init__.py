@@ -51,6 +51,7 @@ from .generator import (
 from .copula import GaussianCopulaGenerator
 from .kernels import median_bandwidth, mmd2, multiscale_bandwidths
 from .tabular import ColumnSpec, TabularSchema, TabularTransform
+from .vpop import GeneratedPopulation, generate_population, read_covariates
 from .toy import TOY_DENSITIES, sample_toy, toy_entropy, toy_log_prob
 from .score import (
     ContrastiveDivergence,
@@ -87,4 +88,5 @@ __all__ = ["Flow", "AffineFlow", "PlanarFlow", "RadialFlow", "AffineCouplingFlow
            # generators of virtual populations
            "Generator", "GENERATORS", "register_generator", "make_generator", "generator_names", "generator_class",
            "load_generator", "ColumnSpec", "TabularSchema", "TabularTransform", "mmd2", "median_bandwidth",
-           "multiscale_bandwidths", "GaussianCopulaGenerator", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy"]
+           "multiscale_bandwidths", "GaussianCopulaGenerator", "generate_population", "read_covariates",
+           "GeneratedPopulation", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy"]

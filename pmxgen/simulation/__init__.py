@@ -18,7 +18,8 @@ from .exposure import Target, exact_auc, parse_target
 from .population import parameter_draws, simulate_population
 from .regimen import DoseEvent, Regimen, RegimenError, parse_regimen, regimen_grid
 from .result import SimulationResult
+from .virtual import needed_covariates, simulate_virtual_population
 
 __all__ = ["design_frame", "simulate_dataset", "SimulatedData", "Regimen", "DoseEvent", "RegimenError",
            "parse_regimen", "regimen_grid", "simulate_population", "simulate_individuals", "individual_draws",
-           "parameter_draws", "SimulationResult", "Target", "parse_target", "exact_auc"]
+           "parameter_draws", "SimulationResult", "simulate_virtual_population", "needed_covariates", "Target", "parse_target", "exact_auc"]

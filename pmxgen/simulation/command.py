@@ -5,6 +5,8 @@ Examples::
     pmxgen simulate out/ --regimen "320 mg q12h x6" --regimen "640 mg q24h x3" --n 10000 \\
         --target "cmin[last]>=3" --output sim/
     pmxgen simulate out/ --individual --draws 200 --regimen "1 g iv over 1 h q8h x6" --output sim/
+    pmxgen simulate out/ --population vpop.csv --regimen "100 mg q24h x7" --target "auc[last]>=20" \
+        --strata SEX --output sim/
 """
 from __future__ import annotations
 
@@ -23,7 +25,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("results", help="a results folder written by `pmxgen fit --output DIR` (or its fit.json)")
     p.add_argument("--regimen", action="append", default=[], metavar="TEXT",
                    help="a regimen, e.g. '500 mg q12h x14' or '1 g iv over 1 h q8h x6' (repeatable)")
-    p.add_argument("--n", type=int, default=1000, help="virtual subjects per replicate (default 1000)")
+    p.add_argument("--n", type=int, default=None, help="virtual subjects per replicate (default 1000; with "
+                                                        "--population: its rows)")
+    p.add_argument("--population", metavar="CSV",
+                   help="a virtual population (e.g. from `pmxgen generate`): one virtual subject per row with its "
+                        "covariates, applied through the model's covariate effects")
+    p.add_argument("--strata", metavar="COLUMN[:CUTS]",
+                   help="--population: PTA per stratum of a column (SEX) or of bands of a numeric one (AGE:40,65)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--individual", action="store_true",
                    help="counterfactuals of the observed subjects (own EBE / posterior) instead of a population")
@@ -58,6 +66,10 @@ def run_command(args) -> int:
     from .population import simulate_population
     from .regimen import RegimenError, as_regimens, parse_regimen
 
+    if args.population and args.individual:
+        raise RegimenError("--population and --individual exclude each other")
+    if args.strata and not args.population:
+        raise RegimenError("--strata needs --population (the strata are columns of the virtual population)")
     if not args.regimen and not args.individual:
         raise RegimenError("give at least one --regimen TEXT (or --individual for the observed regimens)")
     regimens = as_regimens([parse_regimen(t, amount_unit=args.amount_unit, time_unit=args.time_unit)
@@ -73,9 +85,18 @@ def run_command(args) -> int:
                   keep_exposures=args.exposures, chunk_size=args.chunk_size, device=args.device)
     if args.individual:
         result = simulate_individuals(run, regimens, draws=args.draws, **common)
+    elif args.population:
+        from ..generative.vpop import read_covariates
+        from .virtual import simulate_virtual_population
+        rows = len(read_covariates(args.population)[0])
+        if args.n is not None and args.n != rows:
+            raise RegimenError(f"--n {args.n} differs from the {rows} rows of --population; leave --n out (each row "
+                               f"is one virtual subject)")
+        result = simulate_virtual_population(run, args.population, regimens, strata=args.strata,
+                                             replicates=args.replicates, uncertainty=args.uncertainty, **common)
     else:
-        result = simulate_population(run, regimens, n=args.n, replicates=args.replicates,
-                                     uncertainty=args.uncertainty, **common)
+        result = simulate_population(run, regimens, n=args.n if args.n is not None else 1000,
+                                     replicates=args.replicates, uncertainty=args.uncertainty, **common)
     print(result.summary_text())
     if args.output:
         paths = result.write(args.output)

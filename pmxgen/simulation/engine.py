@@ -63,6 +63,9 @@ class Options:
     chunk_size: int = 8192
     refine: bool = True
     refine_iterations: int = 8
+    #: Optional ``(codes [n_subjects] int, level labels)``: target attainment is also counted per
+    #: stratum (subject position → code), in ``SimulationResult.stratified``.
+    strata: tuple | None = None
 
 
 class _Moments:
@@ -215,7 +218,9 @@ def simulate_arms(model, arms: list[Arm], source: Source, options: Options, meta
     rows_cap = max(BLOCK, (_MAX_ELEMENTS // max(g_max, 1)) // BLOCK * BLOCK)
     chunk = min(max(BLOCK, int(math.ceil(options.chunk_size / BLOCK)) * BLOCK), rows_cap)
     keep_prof, keep_exp = _kept(options.keep_profiles, n), _kept(options.keep_exposures, n)
-    moments, hits = _Moments(), {}
+    moments, hits, strata_hits = _Moments(), {}, {}
+    if options.strata is not None and len(options.strata[0]) != n:
+        raise RegimenError(f"strata give {len(options.strata[0])} codes for {n} subjects")
     profiles, exposures, subject_rows = [], [], []
     eta_names = list(getattr(source, "eta_names", ()))
     nonfinite = 0
@@ -270,6 +275,13 @@ def simulate_arms(model, arms: list[Arm], source: Source, options: Options, meta
                     ok = np.isfinite(v)
                     h0, n0 = hits.get(key, (0, 0))
                     hits[key] = (h0 + int(t.attained(v[ok]).sum()), n0 + int(ok.sum()))
+                    if options.strata is not None:
+                        codes, levels = options.strata[0][c0:c1], options.strata[1]
+                        got = np.bincount(codes, weights=(t.attained(np.where(ok, v, 0.0)) & ok), minlength=len(levels))
+                        cnt = np.bincount(codes, weights=ok, minlength=len(levels))
+                        for k, level in enumerate(levels):
+                            h0, n0 = strata_hits.get(key + (level,), (0, 0))
+                            strata_hits[key + (level,)] = (h0 + int(got[k]), n0 + int(cnt[k]))
     if nonfinite:
         warnings.warn(f"{nonfinite} simulated subject-arm rows had non-finite concentrations; their exposures are "
                       f"NaN and left out of means and PTA", RuntimeWarning, stacklevel=3)
@@ -288,6 +300,11 @@ def simulate_arms(model, arms: list[Arm], source: Source, options: Options, meta
             .reset_index(drop=True)
     att = pd.DataFrame([{"regimen": k[0], "replicate": k[1], "target": k[2], "n": v[1], "hits": v[0]}
                         for k, v in hits.items()], columns=["regimen", "replicate", "target", "n", "hits"])
+    stratified = None
+    if options.strata is not None:
+        stratified = pd.DataFrame([{"regimen": k[0], "replicate": k[1], "target": k[2], "stratum": k[3], "n": v[1],
+                                    "hits": v[0]} for k, v in strata_hits.items()],
+                                  columns=["regimen", "replicate", "target", "stratum", "n", "hits"])
     meta = {**meta, "n_subjects": n, "replicates": source.replicates, "chunk_size": chunk,
             "nonfinite_rows": nonfinite, "exact_auc": _exact_path(model), "residual_error": options.residual_error,
             "threshold": options.threshold, "targets": [str(t) for t, _ in targets],
@@ -295,7 +312,8 @@ def simulate_arms(model, arms: list[Arm], source: Source, options: Options, meta
     return SimulationResult(profiles=prof_frame, exposures=exp_frame,
                             moments=moments.frame(["regimen", "replicate", "window", "metric"]), attainment=att,
                             at_observations=None, windows={a.label: dict(a.windows) for a in arms},
-                            subjects=pd.concat(subject_rows, ignore_index=True) if subject_rows else None, meta=meta)
+                            subjects=pd.concat(subject_rows, ignore_index=True) if subject_rows else None, meta=meta,
+                            stratified=stratified)
 
 
 def _cat_batches(batches):

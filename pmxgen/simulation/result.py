@@ -43,6 +43,9 @@ class SimulationResult:
         (``ETA(name)``) and covariates; the rows kept as for ``exposures``.
     meta : dict
         Mode, seed, numbers of subjects/replicates, parameter draws rejected, device, timing.
+    stratified : pandas.DataFrame or None
+        ``regimen, replicate, target, stratum, n, hits`` over all subjects, when the simulation
+        was given strata (e.g. a virtual population's SEX or age band); see :meth:`pta_by_stratum`.
     """
 
     profiles: pd.DataFrame | None
@@ -53,6 +56,7 @@ class SimulationResult:
     windows: dict
     subjects: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
+    stratified: pd.DataFrame | None = None
 
     @property
     def regimens(self) -> list[str]:
@@ -107,20 +111,29 @@ class SimulationResult:
                 att = att[att["target"] == str(t)]
             else:
                 att = self._attainment_from_exposures(t)
-        rows = []
-        for (reg, tgt), g in att.groupby(["regimen", "target"], sort=False):
-            n, hits = g["n"].to_numpy(), g["hits"].to_numpy()
-            p = hits.sum() / n.sum()
-            if len(g) > 1:
-                per = hits / n
-                lo, hi = np.quantile(per, [(1 - level) / 2, (1 + level) / 2])
-                how = "replicates"
-            else:
-                lo, hi = (float(v[0]) for v in wilson_interval(hits, n, level))
-                how = "wilson"
-            rows.append({"regimen": reg, "target": tgt, "n": int(n.sum()), "pta": float(p), "lower": float(lo),
-                         "upper": float(hi), "interval": how})
-        out = pd.DataFrame(rows, columns=["regimen", "target", "n", "pta", "lower", "upper", "interval"])
+        out = _pta_table(att, ["regimen", "target"], level)
+        if goal is not None:
+            out["meets_goal"] = out["pta"] >= goal
+        return out
+
+    def pta_by_stratum(self, *, goal: float | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Probability of target attainment per regimen, target and stratum (intervals as :meth:`pta`).
+
+        Needs a simulation given strata (``stratified``), e.g.
+        :func:`pmxgen.simulation.simulate_virtual_population` with ``strata="SEX"``.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> st = pd.DataFrame({"regimen": ["A", "A"], "replicate": [0, 0], "target": ["auc>=1"] * 2,
+        ...                    "stratum": ["F", "M"], "n": [50, 50], "hits": [45, 30]})
+        >>> res = SimulationResult(None, None, pd.DataFrame(), pd.DataFrame(), None, {"A": {}}, stratified=st)
+        >>> res.pta_by_stratum()[["stratum", "pta"]].values.tolist()
+        [['F', 0.9], ['M', 0.6]]
+        """
+        if self.stratified is None:
+            raise RegimenError("this simulation was not given strata; simulate a virtual population with strata=...")
+        out = _pta_table(self.stratified, ["regimen", "target", "stratum"], level)
         if goal is not None:
             out["meets_goal"] = out["pta"] >= goal
         return out
@@ -165,6 +178,9 @@ class SimulationResult:
         if pta is not None and len(pta):
             lines += ["", "Probability of target attainment",
                       pta.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+        if self.stratified is not None and len(self.stratified):
+            lines += ["", f"Probability of target attainment by {self.meta.get('strata', 'stratum')}",
+                      self.pta_by_stratum().to_string(index=False, float_format=lambda v: f"{v:.3f}")]
         return "\n".join(lines)
 
     # -------------------------------------------------------------------- exports
@@ -273,6 +289,9 @@ class SimulationResult:
         if len(self.attainment):
             self.pta().to_csv(out / "pta.csv", index=False)
             paths.append(out / "pta.csv")
+        if self.stratified is not None and len(self.stratified):
+            self.pta_by_stratum().to_csv(out / "pta_strata.csv", index=False)
+            paths.append(out / "pta_strata.csv")
         self.plot(out / "summary.png")
         paths.append(out / "summary.png")
         try:
@@ -285,3 +304,21 @@ class SimulationResult:
         (out / "meta.json").write_text(json.dumps({"meta": self.meta, "windows": self.windows}, indent=2, default=str))
         paths.append(out / "meta.json")
         return paths
+
+
+def _pta_table(att: pd.DataFrame, keys: list, level: float) -> pd.DataFrame:
+    """PTA per ``keys`` group: pooled proportion, Wilson interval (one replicate) or replicate quantiles."""
+    rows = []
+    for group, g in att.groupby(keys, sort=False):
+        n, hits = g["n"].to_numpy(), g["hits"].to_numpy()
+        p = hits.sum() / n.sum() if n.sum() else float("nan")
+        if len(g) > 1:
+            per = hits / np.maximum(n, 1)
+            lo, hi = np.quantile(per, [(1 - level) / 2, (1 + level) / 2])
+            how = "replicates"
+        else:
+            lo, hi = (float(v[0]) for v in wilson_interval(hits, n, level))
+            how = "wilson"
+        rows.append({**dict(zip(keys, group)), "n": int(n.sum()), "pta": float(p), "lower": float(lo),
+                     "upper": float(hi), "interval": how})
+    return pd.DataFrame(rows, columns=keys + ["n", "pta", "lower", "upper", "interval"])
