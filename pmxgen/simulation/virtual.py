@@ -10,6 +10,19 @@ The covariates the model reads are found by evaluating its individual-parameter 
 fitted data (:func:`needed_covariates`); the population must have them (a clear error names the
 missing ones). Covariate columns of the fitted data that the model does not read are filled with
 their median in the fitted data (listed in ``meta['filled_covariates']``).
+
+Examples
+--------
+>>> import pandas as pd, pmxgen
+>>> data = pmxgen.datasets.load("theophylline")
+>>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
+>>> fit = pmxgen.fit(model, data, method="foce", covariance=None, cpu_threads=1)
+>>> needed_covariates(pmxgen.load_run(fit))   # the built-in model reads no covariate
+()
+>>> pop = pd.DataFrame({"SEX": ["F", "M"] * 100})
+>>> res = simulate_virtual_population(fit, pop, "320 mg q12h x4", strata="SEX", targets=["cmin[last]>=2"])
+>>> res.pta_by_stratum()["stratum"].tolist(), int(res.pta_by_stratum()["n"].sum())
+(['F', 'M'], 200)
 """
 from __future__ import annotations
 
@@ -33,16 +46,7 @@ def needed_covariates(run) -> tuple[str, ...]:
     """The fitted data's covariate columns that the model's individual-parameter function reads.
 
     Models without an individual-parameter function (or that do not record what they read)
-    are taken to need every covariate column.
-
-    Examples
-    --------
-    >>> import pmxgen
-    >>> data = pmxgen.datasets.load("theophylline")
-    >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> fit = pmxgen.fit(model, data, method="foce", covariance=None, cpu_threads=1)
-    >>> needed_covariates(pmxgen.load_run(fit))   # the built-in model reads no covariate
-    ()
+    are taken to need every covariate column (example: the module docstring).
     """
     run = as_run(run)
     model, batch = run.model, run.data.batch
@@ -174,17 +178,7 @@ keep_exposures, chunk_size, points_per_interval, refine, device, dtype
     Returns
     -------
     SimulationResult
-
-    Examples
-    --------
-    >>> import pandas as pd, pmxgen
-    >>> data = pmxgen.datasets.load("theophylline")
-    >>> model = pmxgen.build_model("1cmt_oral", data, error="additive", iiv=("KA", "CL"))
-    >>> fit = pmxgen.fit(model, data, method="foce", covariance=None, cpu_threads=1)
-    >>> pop = pd.DataFrame({"SEX": ["F", "M"] * 100})
-    >>> res = simulate_virtual_population(fit, pop, "320 mg q12h x4", strata="SEX", targets=["cmin[last]>=2"])
-    >>> res.pta_by_stratum()["stratum"].tolist(), int(res.pta_by_stratum()["n"].sum())
-    (['F', 'M'], 200)
+        (example: the module docstring)
     """
     from ..generative.vpop import read_covariates
     if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)) or replicates < 1:
