@@ -117,3 +117,22 @@ def test_baseline_covariates_of_the_bundled_pk_sets(name, columns):
     first = frame.groupby("ID", sort=False).first()
     for col in columns[1:]:
         np.testing.assert_array_equal(panel[col].to_numpy(), first.loc[panel["ID"], col].to_numpy())
+
+
+def test_diabetes_panel_is_the_raw_scikit_learn_data(capsys):
+    """The bundled CSV equals scikit-learn's raw (unscaled) copy exactly (scikit-learn is a test dependency only)."""
+    from sklearn.datasets import load_diabetes
+    raw = load_diabetes(scaled=False)
+    panel = pmxgen.datasets.load_table("diabetes")
+    assert list(panel.columns) == ["AGE", "SEX", "BMI", "BP", "S1", "S2", "S3", "S4", "S5", "S6", "Y"]
+    np.testing.assert_array_equal(panel.to_numpy(dtype=float), np.column_stack([raw.data, raw.target]))
+    assert pmxgen.datasets.kind("diabetes") == "covariates" and pmxgen.datasets.kind("pheno") == "nonmem"
+    assert pmxgen.datasets.list("covariates") == ["diabetes"] and "diabetes" not in pmxgen.datasets.list("nonmem")
+    with pytest.raises(pmxgen.DatasetError, match="covariate panel.*load_table"):
+        pmxgen.datasets.load("diabetes")
+    with pytest.raises(pmxgen.DatasetError, match="NONMEM data set.*baseline_covariates"):
+        pmxgen.datasets.load_table("pheno")
+    assert main(["datasets"]) == 0
+    assert "442 rows, 11 columns (covariate panel)" in capsys.readouterr().out
+    assert main(["summarize", "diabetes"]) == 2
+    assert "'diabetes' is a covariate panel" in capsys.readouterr().err
