@@ -7,12 +7,18 @@ Each modelled (and conditioning) column gets a latent normal score:
 - a binary or categorical column with level shares ``p_k`` and cumulative shares ``F_k``: the
   distributional transform ``z = Φ⁻¹(F_{k-1} + V·p_k)``, ``V ~ U(0, 1)`` (seeded), so that ``Φ(z)``
   is exactly uniform (levels are ordered as in the schema: for a nominal column with more than two
-  levels that order is arbitrary, a known limit of Gaussian copulas). The score correlation of a
-  discrete column is attenuated compared with the latent correlation of a threshold model
-  (polychoric/polyserial correlations are not estimated), so associations with discrete columns
-  come out somewhat weaker than in the data.
+  levels that order is arbitrary, a known limit of Gaussian copulas).
 
-The scores' correlation matrix ``R`` (Pearson, over every row of the data) is the copula. To
+The scores' correlation matrix ``R`` (Pearson, over every row of the data) is the copula, except
+for pairs with a discrete column: the sampler turns a score into a level by thresholds
+(``level = #{k : Φ(z) > F_k}``), so the right parameter there is the correlation of the latent
+Gaussian behind the thresholds, not the (attenuated) correlation of randomised scores. It is
+estimated by the two-step polyserial estimator ``ρ = r(s, y)·sd(y) / Σ_k φ(τ_k)`` (Olsson,
+Drasgow and Dorans 1982) with a continuous column's scores ``s`` and level index ``y``,
+``τ_k = Φ⁻¹(F_k)``, and by moment matching ``E[y_i y_j] = Σ_{k,l} Φ₂(−τ_k, −τ_l; ρ)`` (the
+polychoric correlation; exact in ρ for two binary columns) between discrete columns; the
+matrix is then made positive definite by clipping eigenvalues (``discrete_correlation="scores"``
+keeps the plain score correlations). To
 sample, ``z ~ N(0, R)``, ``u = Φ(z)``, and each column is mapped back by its empirical quantile
 function: a continuous column by linear interpolation between its order statistics placed at
 ``k/(n + 1)`` (clamped to the observed minimum and maximum below ``1/(n+1)`` and above ``n/(n+1)``,
@@ -124,6 +130,63 @@ def _ndtri(u: torch.Tensor) -> torch.Tensor:
     return torch.special.ndtri(u.clamp(eps, 1 - eps))
 
 
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(64)
+
+
+def _bvn_upper(a: np.ndarray, b: np.ndarray, rho: float) -> np.ndarray:
+    """``P(z1 > a, z2 > b)`` of a standard bivariate normal with correlation ``rho``.
+
+    Plackett's identity ``∂Φ₂/∂ρ = φ₂``: ``Φ₂(h, k; ρ) = Φ(h)Φ(k) + ∫₀^ρ φ₂(h, k; r) dr``
+    (64-point Gauss-Legendre), with ``h = −a``, ``k = −b``.
+    """
+    from scipy.special import ndtr
+    h, k = -np.asarray(a, dtype=float), -np.asarray(b, dtype=float)
+    r = 0.5 * rho * (_GL_NODES + 1.0)                      # nodes on [0, rho]
+    h, k = h[..., None], k[..., None]
+    q = 1.0 - r * r
+    dens = np.exp(-(h * h - 2 * r * h * k + k * k) / (2 * q)) / (2 * np.pi * np.sqrt(q))
+    return ndtr(h[..., 0]) * ndtr(k[..., 0]) + 0.5 * rho * (dens * _GL_WEIGHTS).sum(-1)
+
+
+def _latent_correlation(score_corr: np.ndarray, scores: np.ndarray, levels: list, cums: list,
+                        limit: float = 0.995) -> np.ndarray:
+    """The score correlation with pairs involving discrete columns replaced by latent (polyserial /
+    polychoric) correlations, then made positive definite (see the module docstring)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+    p = score_corr.shape[0]
+    out = score_corr.copy()
+    tau = [None if c is None else norm.ppf(np.clip(c[:-1], 1e-15, 1 - 1e-15)) for c in cums]
+    for i in range(p):
+        for j in range(i + 1, p):
+            if levels[i] is None and levels[j] is None:
+                continue
+            if levels[i] is None or levels[j] is None:
+                s, d = (i, j) if levels[i] is None else (j, i)
+                y = levels[d].astype(float)
+                if y.std() == 0:
+                    continue
+                r = np.corrcoef(scores[:, s], y)[0, 1]
+                rho = r * y.std() / norm.pdf(tau[d]).sum()
+            else:
+                yi, yj = levels[i].astype(float), levels[j].astype(float)
+                target = float(np.mean(yi * yj))
+                a, b = np.meshgrid(tau[i], tau[j], indexing="ij")
+
+                def moment(rho, a=a, b=b):
+                    return float(_bvn_upper(a.ravel(), b.ravel(), rho).sum())
+                lo, hi = moment(-limit), moment(limit)
+                rho = -limit if target <= lo else limit if target >= hi else brentq(
+                    lambda v: moment(v) - target, -limit, limit, xtol=1e-10)
+            out[i, j] = out[j, i] = float(np.clip(rho, -limit, limit))
+    vals, vecs = np.linalg.eigh(out)
+    if vals.min() < 1e-6:
+        out = (vecs * np.maximum(vals, 1e-6)) @ vecs.T
+        d = np.sqrt(np.diag(out))
+        out = out / d[:, None] / d[None, :]
+    return out
+
+
 @register_generator
 class GaussianCopulaGenerator(Generator):
     """Gaussian copula with empirical marginals (closed-form fit; see the module docstring).
@@ -136,6 +199,11 @@ class GaussianCopulaGenerator(Generator):
     gibbs_sweeps : int
         Gibbs sweeps over the scores of several discrete condition columns (one discrete
         condition is sampled exactly).
+    discrete_correlation : {"latent", "scores"}
+        How pairs with a discrete column enter ``R``: ``"latent"`` (default) estimates the
+        correlation of the latent Gaussian scores that the sampler thresholds (polyserial with a
+        continuous column, polychoric between discrete ones); ``"scores"`` takes the Pearson
+        correlation of the distributional-transform scores, which is attenuated.
     **common
         The keywords shared by every :class:`~pmxgen.generative.generator.Generator`
         (``max_epochs``, ``learning_rate`` ... are not used: the fit is closed-form; all rows,
@@ -145,10 +213,12 @@ class GaussianCopulaGenerator(Generator):
     name = "gaussian_copula"
     tractable_log_prob = False
 
-    def __init__(self, *, jitter: float = 1e-9, gibbs_sweeps: int = 50, **common) -> None:
+    def __init__(self, *, jitter: float = 1e-9, gibbs_sweeps: int = 50, discrete_correlation: str = "latent",
+                 **common) -> None:
         super().__init__(**common)
         self.jitter = jitter
         self.gibbs_sweeps = gibbs_sweeps
+        self.discrete_correlation = discrete_correlation
 
     def _validate(self) -> None:
         super()._validate()
@@ -156,6 +226,8 @@ class GaussianCopulaGenerator(Generator):
             raise ModelError(f"jitter must be >= 0 (found {self.jitter})")
         if int(self.gibbs_sweeps) < 1:
             raise ModelError(f"gibbs_sweeps must be >= 1 (found {self.gibbs_sweeps})")
+        if self.discrete_correlation not in ("latent", "scores"):
+            raise ModelError(f"discrete_correlation must be 'latent' or 'scores' (found {self.discrete_correlation!r})")
 
     # -- layout ---------------------------------------------------------------------------------
     def _layout(self) -> list[_Latent]:
@@ -212,15 +284,17 @@ class GaussianCopulaGenerator(Generator):
         cs = None if c is None else (c if c_val is None else torch.cat([c, c_val]))
         n = xs.shape[0]
         state = self.network
-        sorted_cols, scores = [], []
+        sorted_cols, scores, levels = [], [], []
         for lat in self._latents:
             block = (cs if lat.conditioning else xs)[:, lat.start:lat.start + lat.width]
             if lat.kind == "continuous":
                 s = torch.sort(block[:, 0]).values
                 sorted_cols.append(s)
                 scores.append(_ndtri(_ecdf(block[:, 0], s)))
+                levels.append(None)
                 continue
             k = self._levels_of(block, lat)
+            levels.append(k.cpu().numpy())
             shares = torch.bincount(k, minlength=lat.levels).to(xs.dtype) / n
             cum = torch.cumsum(shares, 0)
             cum[-1] = 1.0
@@ -237,6 +311,11 @@ class GaussianCopulaGenerator(Generator):
             corr = torch.corrcoef(z.T)
         if not bool(torch.isfinite(corr).all()):
             return "failed", "the normal scores have a constant column; drop constant columns", []
+        if self.discrete_correlation == "latent" and any(lat.kind != "continuous" for lat in self._latents):
+            corr = torch.as_tensor(_latent_correlation(corr.cpu().numpy(), z.cpu().numpy(), levels,
+                                                       [self._cum(lat).cpu().numpy() if lat.kind != "continuous"
+                                                        else None for lat in self._latents]),
+                                   dtype=z.dtype, device=z.device)
         corr = corr + self.jitter * torch.eye(corr.shape[0], dtype=corr.dtype, device=corr.device)
         d = torch.sqrt(torch.diagonal(corr))
         corr = corr / d[:, None] / d[None, :]

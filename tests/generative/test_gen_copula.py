@@ -98,13 +98,33 @@ def test_conditioning_on_a_discrete_column_is_the_copula_conditional():
         se = math.sqrt(got.var() / len(got) + ref.var() / len(ref))
         assert abs(got.mean() - ref.mean()) < 4 * se, sex
         assert stats.ks_2samp(got, ref).pvalue > 1e-3
-        # the data's own conditional mean: close (the score correlation of a binary column is attenuated)
-        data_mean = np.log(frame.loc[frame["SEX"] == sex, "WT"]).mean()
-        assert abs(got.mean() - data_mean) < 0.05
+        # and the truth: with the latent (polyserial) correlation the copula is the generating model,
+        # E[log WT | SEX=2] = 4.2 + 0.2·ρ·φ(0.3)/(1 − Φ(0.3)), E[log WT | SEX=1] = 4.2 − 0.2·ρ·φ(0.3)/Φ(0.3)
+        truth = 4.2 + 0.2 * 0.6 * stats.norm.pdf(0.3) * (1 / stats.norm.sf(0.3) if sex == 2 else -1 / stats.norm.cdf(0.3))
+        assert got.mean() == pytest.approx(truth, abs=0.012)
     # a DataFrame of per-row conditions works too
     rows = pd.DataFrame({"SEX": [1, 2] * 50})
     out = cond.sample(100, conditions=rows, seed=0)
     assert (out["SEX"].to_numpy() == rows["SEX"].to_numpy()).all()
+
+
+def test_latent_correlations_of_discrete_columns():
+    """Polyserial (binary with continuous) and polychoric (binary with binary) estimates recover the
+    latent correlations of a threshold model; the plain score correlation is attenuated."""
+    rng = np.random.default_rng(11)
+    cov = [[1, 0.6, 0.4], [0.6, 1, 0.3], [0.4, 0.3, 1]]
+    z = rng.multivariate_normal([0, 0, 0], cov, size=5000)
+    data = pd.DataFrame({"X": z[:, 0], "A": (z[:, 1] > 0).astype(int), "B": (z[:, 2] > 0.5).astype(int)})
+    r = make_generator("gaussian_copula", bounds=None).fit(data).correlation_
+    for (i, j), rho in {("X", "A"): 0.6, ("X", "B"): 0.4, ("A", "B"): 0.3}.items():
+        assert r.loc[i, j] == pytest.approx(rho, abs=0.05), (i, j)
+    plain = make_generator("gaussian_copula", bounds=None, discrete_correlation="scores").fit(data).correlation_
+    # the bivariate normal probabilities behind the polychoric estimate, against scipy's
+    from pmxgen.generative.copula import _bvn_upper
+    for a, b, rho in ((0.3, -0.5, 0.6), (1.2, 0.4, -0.8), (0.0, 0.0, 0.99)):
+        ref = stats.multivariate_normal([0, 0], [[1, rho], [rho, 1]]).cdf([-a, -b])
+        assert _bvn_upper(np.array([a]), np.array([b]), rho)[0] == pytest.approx(ref, abs=1e-6)
+    assert plain.loc["X", "A"] < r.loc["X", "A"] - 0.05 and plain.loc["A", "B"] < r.loc["A", "B"]
 
 
 def test_conditioning_on_a_continuous_column_and_on_two_discrete_ones():
