@@ -55,6 +55,7 @@ _EXPORTS = {
     "ComposedFlow": "pmxgen.generative",
     "build_flow": "pmxgen.generative",
     "FlowDistribution": "pmxgen.generative",
+    "compare_generators": "pmxgen.generative",
     "SubjectEncoder": "pmxgen.estimation",
     "diagnose": "pmxgen.diagnostics",
     "Diagnostics": "pmxgen.diagnostics",

@@ -49,6 +49,10 @@ from .generator import (
     register_generator,
 )
 from .kernels import median_bandwidth, mmd2, multiscale_bandwidths
+from .metrics import (TableEncoding, correlation_error, encode_tables, energy_distance, evaluate, heldout_nll,
+                      precision_recall, sliced_wasserstein, wasserstein2)
+from .two_sample import TestResult, classifier_two_sample_test, marginal_tests, mmd_test
+from .comparison import GeneratorComparison, baseline_check, compare_generators
 from .tabular import ColumnSpec, TabularSchema, TabularTransform
 from .toy import TOY_DENSITIES, sample_toy, toy_entropy, toy_log_prob
 from .score import (
@@ -86,4 +90,9 @@ __all__ = ["Flow", "AffineFlow", "PlanarFlow", "RadialFlow", "AffineCouplingFlow
            # generators of virtual populations
            "Generator", "GENERATORS", "register_generator", "make_generator", "generator_names", "generator_class",
            "load_generator", "ColumnSpec", "TabularSchema", "TabularTransform", "mmd2", "median_bandwidth",
-           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy"]
+           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy",
+           # sample-based evaluation and comparison of generators
+           "TableEncoding", "encode_tables", "energy_distance", "sliced_wasserstein", "wasserstein2",
+           "correlation_error", "precision_recall", "heldout_nll", "evaluate", "TestResult", "mmd_test",
+           "classifier_two_sample_test", "marginal_tests", "compare_generators", "GeneratorComparison",
+           "baseline_check"]
