@@ -90,9 +90,10 @@ __all__ = ["Flow", "AffineFlow", "PlanarFlow", "RadialFlow", "AffineCouplingFlow
            # generators of virtual populations
            "Generator", "GENERATORS", "register_generator", "make_generator", "generator_names", "generator_class",
            "load_generator", "ColumnSpec", "TabularSchema", "TabularTransform", "mmd2", "median_bandwidth",
-           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy",
-           # sample-based evaluation and comparison of generators
-           "TableEncoding", "encode_tables", "energy_distance", "sliced_wasserstein", "wasserstein2",
-           "correlation_error", "precision_recall", "heldout_nll", "evaluate", "TestResult", "mmd_test",
-           "classifier_two_sample_test", "marginal_tests", "compare_generators", "GeneratorComparison",
-           "baseline_check"]
+           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy"]
+
+# sample-based evaluation and comparison of generators (pmxgen.generative.metrics, .two_sample, .comparison)
+__all__ += ["TableEncoding", "encode_tables", "energy_distance", "sliced_wasserstein", "wasserstein2",
+            "correlation_error", "precision_recall", "heldout_nll", "evaluate", "TestResult", "mmd_test",
+            "classifier_two_sample_test", "marginal_tests", "compare_generators", "GeneratorComparison",
+            "baseline_check"]
