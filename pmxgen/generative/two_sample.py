@@ -6,9 +6,12 @@
 - :func:`classifier_two_sample_test` (C2ST, Lopez-Paz & Oquab 2017): a small neural classifier
   (one hidden layer) learns to tell the two samples apart; its cross-fitted accuracy and AUC
   are 0.5 when the distributions are equal. The ``folds`` classifiers are trained at once as
-  one batched network. The p-value is the one-sided binomial tail of the number of correct
-  out-of-fold predictions under chance (exact for one held-out fold; with several folds the
-  predictions are slightly dependent, the usual approximation).
+  one batched network. The p-value is exact: the test of the first fold alone (its classifier never
+  saw it; folds are stratified, so under equal distributions its labels are a uniformly random
+  arrangement of equal counts and the number of correct predictions is hypergeometric given the
+  predictions). Pooling every fold's predictions in a binomial test would be liberal, because
+  the folds' classifiers share training rows (measured: 8.3 % rejections at the 5 % level over
+  120 pairs of equal 3-D Gaussian samples of 100 rows, five folds).
 - :func:`marginal_tests`: per column, the two-sample Kolmogorov–Smirnov test (continuous
   columns, :func:`scipy.stats.ks_2samp`) or the chi-square test of the level shares and their
   total-variation distance (discrete columns).
@@ -23,7 +26,7 @@ Examples
 >>> same.p_value > 0.05, shifted.p_value < 0.01
 (True, True)
 >>> c2st = classifier_two_sample_test(x, torch.randn(100, 2, dtype=torch.float64, generator=g) + 4.0, seed=0)
->>> c2st.statistic > 0.95, c2st.p_value < 1e-10
+>>> c2st.statistic > 0.95, c2st.p_value < 1e-6
 (True, True)
 """
 from __future__ import annotations
@@ -198,9 +201,10 @@ def classifier_two_sample_test(x, y, *, folds: int = 5, hidden: int = 32, epochs
     Returns
     -------
     TestResult
-        ``statistic`` = out-of-fold accuracy (0.5 under equal distributions, 1 when separable),
-        ``p_value`` = P(Binomial(N, 1/2) ≥ correct predictions), ``details`` = ``auc`` (of the
-        out-of-fold scores), ``n_per_sample``, ``folds``.
+        ``statistic`` = out-of-fold accuracy over all folds (0.5 under equal distributions, 1 when
+        separable), ``p_value`` = the exact test of the first fold (see the module docstring),
+        ``details`` = ``auc`` (of all out-of-fold scores), ``first_fold_accuracy``, ``n_per_sample``,
+        ``folds``.
     """
     x, y = _pair(x, y)
     if folds < 2:
@@ -213,9 +217,10 @@ def classifier_two_sample_test(x, y, *, folds: int = 5, hidden: int = 32, epochs
     z = torch.cat([pick(x), pick(y)])
     labels = torch.cat([torch.zeros(n, dtype=z.dtype, device=z.device), torch.ones(n, dtype=z.dtype, device=z.device)])
     total = 2 * n
-    fold_of = torch.empty(total, dtype=torch.long, device=z.device)
-    fold_of[torch.randperm(total, generator=gen, device=gen.device).to(z.device)] = \
-        torch.arange(total, device=z.device) % folds
+    fold_of = torch.empty(total, dtype=torch.long, device=z.device)       # stratified: n/folds of each label
+    for offset in (0, n):
+        order = torch.randperm(n, generator=gen, device=gen.device).to(z.device) + offset
+        fold_of[order] = torch.arange(n, device=z.device) % folds
     train_mask = (fold_of[None, :] != torch.arange(folds, device=z.device)[:, None]).to(z.dtype)   # [folds, N]
     counts = train_mask.sum(1, keepdim=True)
     mean = (train_mask @ z) / counts
@@ -239,11 +244,24 @@ def classifier_two_sample_test(x, y, *, folds: int = 5, hidden: int = 32, epochs
     if not torch.isfinite(held_out).all():
         raise ModelError("the classifier of the two-sample test diverged (non-finite scores); "
                          "lower learning_rate")
-    correct = int(((held_out > 0).to(z.dtype) == labels).sum())
-    accuracy = correct / total
-    p_value = float(stats.binom.sf(correct - 1, total, 0.5))
+    predicted = (held_out > 0).to(z.dtype)
+    accuracy = float((predicted == labels).to(z.dtype).mean())
+    first = fold_of == 0
+    p_value = _first_fold_p_value(predicted[first], labels[first])
     return TestResult("classifier two-sample test", accuracy, p_value, None,
-                      {"auc": auc(held_out, labels), "n_per_sample": n, "folds": folds})
+                      {"auc": auc(held_out, labels), "n_per_sample": n, "folds": folds,
+                       "first_fold_accuracy": float((predicted[first] == labels[first]).to(z.dtype).mean())})
+
+
+def _first_fold_p_value(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """P(correct ≥ observed) when the labels are a random arrangement of their counts (hypergeometric).
+
+    With ``m`` rows, ``k`` labelled 1 and ``a`` predicted 1, correct = 2H + m − a − k where ``H`` (rows both
+    predicted and labelled 1) is hypergeometric(m, k, a).
+    """
+    m, k, a = int(labels.numel()), int(labels.sum()), int(predicted.sum())
+    h = int((predicted * labels).sum())
+    return float(stats.hypergeom.sf(h - 1, m, k, a))
 
 
 def marginal_tests(real: pd.DataFrame, generated: pd.DataFrame, *, discrete: Sequence[str] = ()) -> pd.DataFrame:

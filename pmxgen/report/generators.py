@@ -14,8 +14,8 @@ Examples
 >>> from pmxgen.generative.comparison import compare_generators
 >>> rng = np.random.default_rng(0)
 >>> data = pd.DataFrame({"WT": rng.lognormal(4.2, 0.2, 120), "SEX": rng.integers(1, 3, 120)})
->>> result = compare_generators(data, ["mvn"], n=100, metrics={"n_permutations": 20, "c2st_epochs": 50})
->>> paths = write_generator_report(result, pathlib.Path(tempfile.mkdtemp()) / "generators.html")
+>>> result = compare_generators(data, ["mvn"], n=100, metrics={"n_permutations": 20, "c2st_epochs": 20})
+>>> paths = write_generator_report(result, pathlib.Path(tempfile.mkdtemp()) / "generators.html", dpi=40)
 >>> text = paths[0].read_text()
 >>> "Pairwise scatter" in text, text.count("data:image/png;base64,") >= 2, paths[1].suffix
 (True, True, '.csv')
