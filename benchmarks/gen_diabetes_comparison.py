@@ -67,6 +67,28 @@ def respects_bounds(sample: pd.DataFrame, panel: pd.DataFrame) -> str:
     return "yes" if not problems else "; ".join(problems)
 
 
+def paired_differences(everything: pd.DataFrame, baseline: str = "mvn") -> pd.DataFrame:
+    """Per model: mean and SE over repeats of (model − baseline) for |C2ST accuracy − 0.5| and correlation
+    error (same splits, so the held-out noise common to both cancels); negative = better than the baseline."""
+    from pmxgen.generative.comparison import REFERENCE
+    wide = everything.assign(c2st_gap=(everything["c2st_accuracy"] - 0.5).abs())
+    base = wide[wide["model"] == baseline].set_index("repeat")
+    rows = []
+    for model, part in wide[~wide["model"].isin([baseline, REFERENCE])].groupby("model", sort=False):
+        part = part.set_index("repeat")
+        common = part.index.intersection(base.index)
+        row = {"model": model, "repeats": len(common)}
+        for key in ("c2st_gap", "correlation_error"):
+            d = (part.loc[common, key] - base.loc[common, key]).to_numpy(float)
+            d = d[np.isfinite(d)]
+            mean = float(d.mean()) if len(d) else float("nan")
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+            verdict = ("better" if mean + 2 * se < 0 else "worse" if mean - 2 * se > 0 else "not distinguishable")
+            row.update({f"{key}_diff": mean, f"{key}_se": se, f"{key}_verdict": verdict})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> int:
     from pmxgen.generative import baseline_check, compare_generators, generator_names
     from pmxgen.generative.comparison import REFERENCE
@@ -122,6 +144,11 @@ def main(argv=None) -> int:
     print("\nagainst the multivariate normal baseline (means; C2ST: |accuracy - 0.5| smaller; correlation error smaller):")
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.precision", 4):
         print(check.to_string(index=False) if len(check) else "(no model other than mvn)")
+    paired = paired_differences(everything)
+    if len(paired):
+        print("\npaired over repeats, model − mvn (negative = better; verdict at ±2 SE):")
+        with pd.option_context("display.width", 250, "display.max_columns", None, "display.precision", 4):
+            print(paired.to_string(index=False))
     print(f"mvn respects bounds and categories: {bounds.get('mvn', 'no sample')}")
     losers = check.loc[~check["beats_both"], "model"].tolist() if len(check) else []
     if len(check):
@@ -134,7 +161,8 @@ def main(argv=None) -> int:
             "source": source, "models": models, "repeats": args.repeats, "n": args.n, "seed": args.seed,
             "mean": mean.reset_index().to_dict(orient="records"),
             "sd": sd.loc[order].reset_index().to_dict(orient="records"),
-            "check": check.to_dict(orient="records"), "bounds": bounds}, indent=1, default=float))
+            "check": check.to_dict(orient="records"), "paired": paired.to_dict(orient="records"),
+            "bounds": bounds}, indent=1, default=float))
     return 0
 
 
