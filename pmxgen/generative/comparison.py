@@ -130,6 +130,8 @@ def compare_generators(data, models: Sequence[str] = ("mvn",), *, n: int | None 
     models = list(models)
     if not models and not reference:
         raise ModelError("give at least one generator name in models")
+    if len(set(models)) != len(models):
+        raise ModelError(f"a model is named twice in {models}; give each name once (use params for its settings)")
     for name in models:
         generator_class(name)                       # unknown names fail before any fitting
     unknown = [k for k in (params or {}) if k not in models]

@@ -334,10 +334,11 @@ def precision_recall(x, y, *, k: int = 5, chunk: int = 2048) -> dict[str, float]
 
 
 def heldout_nll(generator, real) -> float:
-    """−mean ``generator.log_prob(real)`` (nats per row, data units); NaN with no tractable density.
+    """−mean ``generator.log_prob(real)`` (nats per row, data units); NaN where there is no such number.
 
-    NaN when the family has no tractable log density or the table has discrete modelled
-    columns (no density in data units); a non-finite log density also gives NaN.
+    NaN when the family has no tractable log density, when the table has discrete modelled
+    columns (no density in data units), or when a log density is NaN; ``inf`` when the generator
+    gives a held-out row zero density (a true, if harsh, result).
     """
     if generator is None or not getattr(generator, "tractable_log_prob", False):
         return math.nan
@@ -348,8 +349,9 @@ def heldout_nll(generator, real) -> float:
         logp = generator.log_prob(real)
     except (ModelError, DatasetError):
         return math.nan
-    value = -float(logp.mean())
-    return value if math.isfinite(value) else math.nan
+    if torch.isnan(logp).any():
+        return math.nan
+    return -float(logp.mean())
 
 
 def _subsample(t: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:

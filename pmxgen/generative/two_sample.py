@@ -278,7 +278,8 @@ def marginal_tests(real: pd.DataFrame, generated: pd.DataFrame, *, discrete: Seq
     -------
     DataFrame
         ``column``, ``kind``, ``test`` ("KS" or "chi-square"), ``statistic`` (KS: sup |F − G|;
-        discrete: total-variation distance ½ Σ |p_k − q_k| of the shares), ``p_value``.
+        discrete: total-variation distance ½ Σ |p_k − q_k| of the shares), ``p_value``. KS p-values
+        assume continuous values; with many ties (integer ages, rounded labs) they are conservative.
 
     Examples
     --------

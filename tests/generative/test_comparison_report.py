@@ -131,6 +131,8 @@ def test_conditions_failures_and_nll():
     assert nll == pytest.approx(-float(result.generators["mvn"].log_prob(result.test).mean()))
     with pytest.raises(ModelError, match="unknown generator 'nope'"):
         compare_generators(data, ["mvn", "nope"])
+    with pytest.raises(ModelError, match="named twice"):
+        compare_generators(data, ["mvn", "mvn"])
     with pytest.raises(ModelError, match="not among the models"):
         compare_generators(data, ["mvn"], params={"tinydiag_test": {}})
 
