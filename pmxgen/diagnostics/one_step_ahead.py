@@ -227,7 +227,7 @@ def _prefix_estimates(log_w0: torch.Tensor, cum: torch.Tensor) -> tuple[torch.Te
 
 
 def _run_and_model(fit_or_model, data, values, model):
-    """(model, dataset, values, centre or None, covariance or None, the model-only flag)."""
+    """(model, dataset, values, proposal centres or None, their covariances or None)."""
     from ..estimation.results import FitResult
     from ..models.base import PopulationModel
     from ..runs import Run, load_run
