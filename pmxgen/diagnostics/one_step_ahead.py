@@ -64,7 +64,8 @@ class OneStepAhead:
     total, se : float
         The sum over all observations (the marginal log-likelihood) and its Monte Carlo SE.
     method : str
-        ``"importance sampling"`` or ``"model"`` (the model's ``one_step_ahead_log_likelihood``).
+        ``"importance sampling"``, ``"exact (no random effects)"`` or ``"model"`` (the model's
+        ``one_step_ahead_log_likelihood``).
     n_samples : int
     seed : int
     log_lik, log_lik_se : torch.Tensor
@@ -334,6 +335,9 @@ def one_step_ahead(fit_or_model, data=None, *, n_samples: int = 1000, seed: int 
                                       inflation=float(inflation), df=df, generator=gen)
         log_w0, cum = _cumulative_log_densities(mdl, values, batch, draws, log_q, chunk_size)
     log_marg, terms, se, ess, total_se = _prefix_estimates(log_w0, cum)
+    method = "importance sampling"
+    if k == 0:
+        method, ess = "exact (no random effects)", torch.full_like(ess, float("nan"))
     mask = batch.obs.mask
     if getattr(mdl, "log_scale_observations", False):
         jac = torch.where(mask & ~batch.obs.blq, torch.log(torch.where(mask, batch.obs.dv, torch.ones_like(
@@ -346,7 +350,7 @@ def one_step_ahead(fit_or_model, data=None, *, n_samples: int = 1000, seed: int 
     last = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), -1).max(-1).values
     has = last >= 0
     subj_se = torch.where(has, total_se.gather(1, last.clamp_min(0)[:, None])[:, 0], torch.zeros_like(total_se[:, 0]))
-    return _assemble(dataset, terms, se, ess, subj_se, "importance sampling", n_samples, int(seed), notes)
+    return _assemble(dataset, terms, se, ess, subj_se, method, n_samples, int(seed), notes)
 
 
 def _cumulative_log_densities(model, values, batch, draws, log_q, chunk_size):

@@ -427,7 +427,8 @@ def follmer_importance_sampling(model, values, batch, *, n_samples: int = 200, n
         Euler–Maruyama steps and Monte Carlo draws of the drift.
     seed : int
     chunk_size : int, optional
-        Paths per subject simulated together (memory only; default all).
+        Paths per subject simulated together (default all); bounds memory, and the random
+        numbers are drawn chunk by chunk, so another chunk size gives other (equally valid) draws.
 
     Examples
     --------
