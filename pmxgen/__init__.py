@@ -60,6 +60,8 @@ _EXPORTS = {
     "diagnose": "pmxgen.diagnostics",
     "Diagnostics": "pmxgen.diagnostics",
     "to_inference_data": "pmxgen.diagnostics",
+    "one_step_ahead": "pmxgen.diagnostics",
+    "OneStepAhead": "pmxgen.diagnostics",
     "Regimen": "pmxgen.simulation",
     "parse_regimen": "pmxgen.simulation",
     "regimen_grid": "pmxgen.simulation",
