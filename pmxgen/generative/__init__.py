@@ -50,6 +50,10 @@ from .generator import (
 )
 from .copula import GaussianCopulaGenerator
 from .kernels import median_bandwidth, mmd2, multiscale_bandwidths
+from .metrics import (TableEncoding, correlation_error, encode_tables, energy_distance, evaluate, heldout_nll,
+                      precision_recall, sliced_wasserstein, wasserstein2)
+from .two_sample import TestResult, classifier_two_sample_test, marginal_tests, mmd_test
+from .comparison import GeneratorComparison, baseline_check, compare_generators
 from .tabular import ColumnSpec, TabularSchema, TabularTransform
 from .vpop import GeneratedPopulation, generate_population, read_covariates
 from .toy import TOY_DENSITIES, sample_toy, toy_entropy, toy_log_prob
@@ -88,5 +92,13 @@ __all__ = ["Flow", "AffineFlow", "PlanarFlow", "RadialFlow", "AffineCouplingFlow
            # generators of virtual populations
            "Generator", "GENERATORS", "register_generator", "make_generator", "generator_names", "generator_class",
            "load_generator", "ColumnSpec", "TabularSchema", "TabularTransform", "mmd2", "median_bandwidth",
-           "multiscale_bandwidths", "GaussianCopulaGenerator", "generate_population", "read_covariates",
-           "GeneratedPopulation", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy"]
+           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy"]
+
+# sample-based evaluation and comparison of generators (pmxgen.generative.metrics, .two_sample, .comparison)
+__all__ += ["TableEncoding", "encode_tables", "energy_distance", "sliced_wasserstein", "wasserstein2",
+            "correlation_error", "precision_recall", "heldout_nll", "evaluate", "TestResult", "mmd_test",
+            "classifier_two_sample_test", "marginal_tests", "compare_generators", "GeneratorComparison",
+            "baseline_check"]
+
+# Gaussian copula baseline and virtual populations end to end (pmxgen.generative.copula, .vpop)
+__all__ += ["GaussianCopulaGenerator", "generate_population", "read_covariates", "GeneratedPopulation"]
