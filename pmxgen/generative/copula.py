@@ -80,7 +80,8 @@ class _Latent:
 
 
 class _CopulaState(torch.nn.Module):
-    """Sorted continuous latents ``[n, n_cont]``, cumulative level shares ``[n_disc, max_levels]``, ``R``.
+    """Sorted continuous latents ``[n, n_cont]`` (encoded scale, and ``data_values`` in data units),
+    cumulative level shares ``[n_disc, max_levels]``, ``R``.
 
     The number of rows ``n`` is known only after fitting: loading a state resizes the buffers.
     """
@@ -88,14 +89,16 @@ class _CopulaState(torch.nn.Module):
     def __init__(self, n_cont: int, n_disc: int, max_levels: int, p: int) -> None:
         super().__init__()
         self.register_buffer("sorted_values", torch.zeros(0, n_cont, dtype=torch.float64))
+        self.register_buffer("data_values", torch.zeros(0, n_cont, dtype=torch.float64))
         self.register_buffer("cum_shares", torch.ones(n_disc, max_levels, dtype=torch.float64))
         self.register_buffer("correlation", torch.eye(p, dtype=torch.float64))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "sorted_values"
-        if key in state_dict:
-            self.sorted_values = torch.empty_like(state_dict[key], device=self.sorted_values.device,
-                                                  dtype=self.sorted_values.dtype)
+        for name in ("sorted_values", "data_values"):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=self.sorted_values.device,
+                                                     dtype=self.sorted_values.dtype))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -304,6 +307,13 @@ class GaussianCopulaGenerator(Generator):
             scores.append(_ndtri(lower[k] + v * shares[k]))
         state.sorted_values = (torch.stack(sorted_cols, 1) if sorted_cols
                                else torch.zeros(n, 0, dtype=xs.dtype, device=xs.device))
+        frame = getattr(self, "_fit_frame", None)
+        names = [lat.name for lat in self._latents if lat.kind == "continuous"]
+        if frame is not None and len(frame) == n and all(c in frame.columns for c in names):
+            data = np.sort(np.column_stack([frame[c].to_numpy(dtype=np.float64) for c in names]), axis=0) \
+                if names else np.zeros((n, 0))
+            state.data_values = torch.as_tensor(data, dtype=xs.dtype, device=xs.device)
+        self._fit_frame = None
         z = torch.stack(scores, 1)
         if z.shape[1] == 1:
             corr = torch.ones(1, 1, dtype=z.dtype, device=z.device)
@@ -324,6 +334,42 @@ class GaussianCopulaGenerator(Generator):
                               "drop the duplicate or raise jitter", [])
         state.correlation.copy_(corr)
         return "converged", f"closed form from {n} rows ({z.shape[1]} normal-score columns)", []
+
+    def fit(self, data, conditions=None, *, source: str = "<data>") -> "GaussianCopulaGenerator":
+        """As :meth:`Generator.fit`; the copula also keeps each continuous column's sorted values in data
+        units, so that generated values that fall on an order statistic are that data value exactly
+        (not its image through the encoding and back, which differs in the last bits)."""
+        from .tabular import as_frame
+        self._fit_frame = as_frame(data)[0]
+        try:
+            return super().fit(data, conditions, source=source)
+        finally:
+            self._fit_frame = None
+
+    def _snap(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Replace values within 1e-10 (relative) of a data value by that value (undoes encoding roundoff)."""
+        values = self.network.data_values
+        if values.shape[0] == 0:
+            return frame
+        for lat in self._latents:
+            if lat.kind != "continuous" or lat.conditioning or lat.name not in frame.columns:
+                continue
+            s = values[:, lat.slot].cpu().numpy()
+            v = frame[lat.name].to_numpy(dtype=np.float64)
+            i = np.clip(np.searchsorted(s, v), 1, len(s) - 1)
+            near = np.where(np.abs(v - s[i - 1]) <= np.abs(s[i] - v), s[i - 1], s[i])
+            close = np.abs(v - near) <= 1e-10 * np.maximum(np.abs(near), 1e-300)
+            if close.any():
+                frame[lat.name] = np.where(close, near, v).astype(frame[lat.name].dtype, copy=False)
+        return frame
+
+    def _output(self, z: torch.Tensor, conditions):
+        out = super()._output(z, conditions)
+        if isinstance(out, pd.DataFrame):
+            return self._snap(out)
+        names = list(self.transform_.modelled)
+        snapped = self._snap(pd.DataFrame(out.numpy(), columns=names))
+        return torch.tensor(snapped.to_numpy(dtype=np.float64))
 
     # -- sample ---------------------------------------------------------------------------------
     def _condition_scores(self, c: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -430,5 +476,5 @@ class GaussianCopulaGenerator(Generator):
             else:
                 blocks.append(self._encode_levels(torch.zeros(len(p), dtype=torch.long, device=p.device), lat,
                                                   p.dtype))
-        frame = self.transform_.decode(torch.cat(blocks, 1))
+        frame = self._snap(self.transform_.decode(torch.cat(blocks, 1)))
         return frame[[v.name for v in self._latents if not v.conditioning and v.kind == "continuous"]]
