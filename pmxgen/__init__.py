@@ -69,6 +69,9 @@ _EXPORTS = {
     "Run": "pmxgen.runs",
     "load_run": "pmxgen.runs",
     "fitted_values": "pmxgen.runs",
+    "LatentSDEModel": "pmxgen.models",
+    "DeepLatentGaussianModel": "pmxgen.models",
+    "fit_latent_sde": "pmxgen.estimation.latent_sde_fit",
 }
 _SUBMODULES = ("data", "structural", "simulation", "datasets", "errors", "models", "estimation", "diagnostics",
                "report", "runs", "generative")

@@ -41,6 +41,13 @@ _NOT_ETA = ("latent SDE: each subject's latent is a path z(t), not a finite η; 
             "model.sample_posterior")
 
 
+class _Subjects:
+    """A minibatch of subjects: their padded tensors and IDs (what ``model.elbo`` reads)."""
+
+    def __init__(self, batch, ids):
+        self.batch, self.ids = batch, ids
+
+
 def _check_int(name, v, low):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
         raise EstimationError(f"fit_latent_sde: {name} must be an integer >= {low} (found {v!r})")
@@ -88,8 +95,8 @@ def fit_latent_sde(model, data, *, max_iter: int = 500, n_samples: int = 8, batc
     >>> frame = pd.DataFrame({"ID": [1, 1, 2, 2], "TIME": [0.5, 1.0, 0.5, 1.0], "DV": [0.2, -0.1, 0.4, 0.3],
     ...                       "AMT": 0, "EVID": 0, "MDV": 0})
     >>> data = pmxgen.read_nonmem(frame, require_doses=False)
-    >>> model = LatentSDEModel(1, mechanism="ou", network=False, hidden=8, context_dim=2, dt=0.1)
-    >>> fit = fit_latent_sde(model, data, max_iter=5, n_samples=2, elbo_samples=4)
+    >>> model = LatentSDEModel(1, mechanism="ou", network=False, hidden=8, context_dim=2, dt=0.25)
+    >>> fit = fit_latent_sde(model, data, max_iter=3, n_samples=2, elbo_samples=4)
     >>> fit.status, fit.ofv is None, "elbo" in fit.elbo
     ('max_iterations', True, True)
     """
@@ -124,7 +131,7 @@ def fit_latent_sde(model, data, *, max_iter: int = 500, n_samples: int = 8, batc
         sub = dataset
         if batch_size is not None and batch_size < n:
             index = torch.randperm(n, generator=perm_gen)[:batch_size]
-            sub = dataset.subset([dataset.ids[i] for i in index.tolist()])
+            sub = _Subjects(batch.select(index.to(batch.device)), [dataset.ids[i] for i in index.tolist()])
         beta = 1.0 if kl_anneal_iters == 0 else min(1.0, (k + 1) / kl_anneal_iters)
         opt.zero_grad()
         try:

@@ -24,7 +24,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torchsde
 
 from ..errors import IntegrationError, ModelError
 
@@ -142,8 +141,9 @@ def build_schedule(design: Design, *, t0: float = 0.0, horizon: float | None = N
 
 
 def brownian(t0: float, t1: float, rows: int, width: int, *, seed: int, dtype, device, dt: float | None = None,
-             method: str = "euler") -> torchsde.BrownianInterval:
-    """A seeded Brownian interval of ``rows × width`` paths on ``[t0, t1]``."""
+             method: str = "euler"):
+    """A seeded ``torchsde.BrownianInterval`` of ``rows × width`` paths on ``[t0, t1]``."""
+    import torchsde            # imported when used: it takes seconds to import
     return torchsde.BrownianInterval(t0=t0, t1=t1, size=(rows, width), dtype=dtype, device=device,
                                      entropy=int(seed) % (2 ** 62), dt=dt,
                                      levy_area_approximation="space-time" if method == "srk" else "none")
@@ -169,6 +169,7 @@ def march(sde, y0: torch.Tensor, schedule: Schedule, on_break: Callable[[int, to
     before its break callback (``list`` of ``[B, D]``). ``on_break(k, y)`` gives the state after
     knot ``k``'s events (it is also called at knot 0).
     """
+    import torchsde
     times = schedule.times
     pre = [y0]
     y = on_break(0, y0)
