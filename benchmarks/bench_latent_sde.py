@@ -20,7 +20,8 @@ Then the population case: 1000 simulated subjects (``y = A_i cos(2πt + φ_i) + 
 same times), minibatches of 512 subjects with one path each (512 rows, as the example), so an
 epoch is 2 iterations: its time against the example's time per iteration.
 
-Usage: ``python benchmarks/bench_latent_sde.py [--quick] [--iters N] [--device cuda] [--png FILE]``.
+Usage: ``python benchmarks/bench_latent_sde.py [--quick] [--iters N] [--epochs E] [--dtype float32]
+[--device cuda] [--skip-example] [--png FILE]``.
 """
 from __future__ import annotations
 
@@ -48,13 +49,13 @@ from pmxgen.models.latent_sde import LatentSDEModel  # noqa: E402
 TS = np.concatenate((np.linspace(0.3, 0.8, 10), np.linspace(1.2, 1.5, 10)))
 
 
-def example_model(context_dim: int, device) -> LatentSDEModel:
+def example_model(context_dim: int, device, dtype=torch.float64) -> LatentSDEModel:
     theta, sigma = 1.0, 0.5
     return LatentSDEModel(1, mechanism="ou", network=False, rates={"A1": theta}, fix_rates=True, diffusion=sigma,
                           fix_diffusion=True, z0_mean=0.0, z0_sd=math.sqrt(sigma ** 2 / (2 * theta)),
                           error={"kind": "additive", "init": {"ADD": 0.05 ** 2}, "fixed": ("ADD",)},
                           context_dim=context_dim, hidden=200, n_layers=2, activation="tanh", time_scale=1.0,
-                          dt=1e-2, method="euler", device=device)
+                          dt=1e-2, method="euler", device=device, dtype=dtype)
 
 
 def frame(ys: np.ndarray) -> pd.DataFrame:
@@ -92,18 +93,21 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float64", choices=("float64", "float32"),
+                    help="pmxgen's precision (the example runs in float32)")
     ap.add_argument("--skip-example", action="store_true", help="time pmxgen only (e.g. on a GPU machine)")
     ap.add_argument("--png", default="", help="write the two ELBO curves to this PNG file")
     args = ap.parse_args()
     iters, epochs = (40, 2) if args.quick else (args.iters, args.epochs)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}; {iters} iterations")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}, pmxgen {args.dtype}; "
+          f"{iters} iterations")
 
     # ---- 1. the example's single series, both implementations
     ys = np.cos(TS * 2 * math.pi)[None, :]
-    data = pmxgen.read_nonmem(frame(ys), require_doses=False, device=device)
-    hist, secs = run_pmxgen(data, example_model(1, device), iters, n_samples=512, kl_anneal_iters=100, seed=0)
+    data = pmxgen.read_nonmem(frame(ys), require_doses=False, device=device, dtype=dtype)
+    hist, secs = run_pmxgen(data, example_model(1, device, dtype), iters, n_samples=512, kl_anneal_iters=100, seed=0)
     ours = [h["elbo"] for h in hist]
     peer, peer_secs = None, None
     if not args.skip_example:
@@ -142,9 +146,9 @@ def main() -> None:
     n = 1000
     amp, phase = rng.uniform(0.7, 1.3, n), rng.uniform(-0.5, 0.5, n)
     ys = amp[:, None] * np.cos(2 * math.pi * TS[None, :] + phase[:, None]) + rng.normal(0, 0.05, (n, len(TS)))
-    pop = pmxgen.read_nonmem(frame(ys), require_doses=False, device=device)
+    pop = pmxgen.read_nonmem(frame(ys), require_doses=False, device=device, dtype=dtype)
     its = 2 * epochs
-    hist, secs = run_pmxgen(pop, example_model(8, device), its, n_samples=1, batch_size=512, seed=0)
+    hist, secs = run_pmxgen(pop, example_model(8, device, dtype), its, n_samples=1, batch_size=512, seed=0)
     per_epoch = float(np.sum(secs[2:])) / (epochs - 1) if epochs > 1 else float(np.sum(secs))
     print(f"\n1000 subjects, batch 512 subjects x 1 path: {per_epoch:.3f} s per epoch (2 iterations; first epoch "
           f"excluded)" + (f", {per_epoch / peer_t:.2f} x the example's time per iteration at batch 512"

@@ -397,6 +397,9 @@ class LatentSDEModel:
                       device=y0.device, dt=self.dt, method=self.method)
         params = None
         if adjoint:
+            # everything the drift and diffusion read that needs a gradient: the weights (the encoder's
+            # too: its context enters the drift, and the adjoint's vector-Jacobian products reach its
+            # weights through it) and θ/σ
             params = tuple(p for p in self.networks.parameters() if p.requires_grad) + (self.unconstrained,)
         pre = march(sde, y0, schedule, apply, bm=bm, solver=self.solver, method=self.method, dt=self.dt,
                     max_step=self.max_step, adjoint=adjoint, adjoint_params=params)

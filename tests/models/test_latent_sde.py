@@ -162,7 +162,8 @@ def test_adjoint_gives_the_same_elbo_and_close_gradients():
         terms = model.elbo(data, n_samples=4, seed=0, adjoint=adjoint)
         terms.total.backward()
         grads.append((float(terms.total.detach()), model.unconstrained.grad.clone(),
-                      model.networks["posterior_drift"].net[-1].weight.grad.clone()))
+                      model.networks["posterior_drift"].net[-1].weight.grad.clone(),
+                      model.networks["encoder"].head[-1].weight.grad.clone()))    # through q(z0) and the context
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-12)
     for g0, g1 in zip(grads[0][1:], grads[1][1:]):
         assert torch.allclose(g0, g1, rtol=0.05, atol=1e-3), (g0, g1)
@@ -249,3 +250,15 @@ def test_fit_on_pk_data_with_minibatches_improves_the_elbo():
     assert fit.status == "max_iterations"
     assert np.mean([h["elbo"] for h in fit.history[-5:]]) > np.mean([h["elbo"] for h in fit.history[:5]])
     assert fit.estimates["KE"] != 0.3
+
+
+def test_stopping_rule_reports_converged_only_when_met():
+    data = dataset({1: SUBJECTS[1]})
+    fit = fit_latent_sde(ou_model(0.3, dt=0.1), data, max_iter=600, n_samples=4, learning_rate=2e-2, window=25,
+                         min_iter=50, elbo_samples=16, seed=0)
+    assert fit.status == "converged" and len(fit.history) < 600, (fit.status, len(fit.history))
+    assert "converged at iteration" in fit.messages[0]
+    k = len(fit.history)
+    new = np.array([h["elbo"] for h in fit.history[-25:]])
+    old = np.array([h["elbo"] for h in fit.history[-50:-25]])
+    assert k % 25 == 0 and new.mean() - old.mean() < 2 * math.sqrt(new.var(ddof=1) / 25 + old.var(ddof=1) / 25)
