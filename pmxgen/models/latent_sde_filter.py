@@ -66,11 +66,12 @@ def _groups(schedule, mask: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]
     new = np.r_[True, (subj[1:] != subj[:-1]) | (key_k[1:] != key_k[:-1]) | (key_p[1:] != key_p[:-1])]
     starts = np.flatnonzero(new)
     rank = np.arange(len(subj)) - np.repeat(starts, np.diff(np.r_[starts, len(subj)]))
-    groups: dict[tuple[int, int, int], np.ndarray] = {}
-    for s, c, k, p, r in zip(subj, col, key_k, key_p, rank):
-        groups.setdefault((int(k), int(p), int(r)), np.full(n, -1, dtype=np.int64))[s] = c
-    return [(k, p, torch.as_tensor(groups[(k, p, r)], device=mask.device)) for (k, p, r) in sorted(groups)]
-
+    keys = np.stack([key_k, key_p, rank], axis=1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)          # sorted by (knot, phase, rank)
+    table = np.full((len(uniq), n), -1, dtype=np.int64)
+    table[inverse.reshape(-1), subj] = col
+    rows = torch.as_tensor(table, device=mask.device)
+    return [(int(k), int(p), rows[g]) for g, (k, p, _) in enumerate(uniq)]
 
 @torch.no_grad()
 def particle_filter(model, data, *, n_particles: int = 1000, seed: int = 0) -> FilterResult:

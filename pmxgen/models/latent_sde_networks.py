@@ -132,7 +132,8 @@ class PathEncoder(nn.Module):
         finally:
             torch.random.set_rng_state(state)
         with torch.no_grad():        # the context starts as a random projection of the summary, not 0
-            self.head[-1].weight[2 * latent_dim:].normal_(0.0, 0.1, generator=torch.Generator().manual_seed(seed))
+            w = self.head[-1].weight
+            w[2 * latent_dim:].normal_(0.0, 0.1, generator=torch.Generator(device=w.device).manual_seed(seed))
         self.register_buffer("feature_shift", torch.zeros(n_feat, dtype=dtype, device=device))
         self.register_buffer("feature_scale", torch.ones(n_feat, dtype=dtype, device=device))
         self.register_buffer("covariate_shift", torch.zeros(n_covariates, dtype=dtype, device=device))

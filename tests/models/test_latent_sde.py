@@ -262,3 +262,19 @@ def test_stopping_rule_reports_converged_only_when_met():
     new = np.array([h["elbo"] for h in fit.history[-25:]])
     old = np.array([h["elbo"] for h in fit.history[-50:-25]])
     assert k % 25 == 0 and new.mean() - old.mean() < 2 * math.sqrt(new.var(ddof=1) / 25 + old.var(ddof=1) / 25)
+
+
+def test_record_order_at_a_bolus_time_in_the_filter_and_the_elbo():
+    # the first record at t = 1 is before the dose (sees depot 0), the one after it sees the 100 mg jump
+    frame = pd.DataFrame({"ID": 1, "TIME": [0.5, 1.0, 1.0, 1.0, 2.0], "DV": [0.0, 0.0, 0.0, 1.0, 0.3679],
+                          "AMT": [0, 0, 100, 0, 0], "EVID": [0, 0, 1, 0, 0], "MDV": [0, 0, 1, 0, 0]})
+    with pytest.warns(pmxgen.DatasetWarning, match="before the first dose"):
+        data = pmxgen.read_nonmem(frame)
+    model = LatentSDEModel(2, mechanism="1cmt", rates={"KA": 1.0, "KE": 0.1}, observe=0, diffusion=1e-6,
+                           z0_sd=1e-9, dose_scale=100.0, error={"kind": "additive", "init": {"ADD": 0.01}},
+                           context_dim=1, hidden=4, dt=0.005)
+    at_mean = -0.5 * math.log(2 * math.pi * 0.01)                        # log N(y; y, 0.01)
+    lp = model.one_step_ahead_log_likelihood(data, n_particles=8, seed=0)[0]
+    assert lp.tolist() == pytest.approx([at_mean] * 4, abs=2e-3)        # depot exp(-(t-1)) = 0.3679 at t = 2
+    terms = model.elbo(data, n_samples=2)
+    assert float(terms.log_likelihood.detach()) == pytest.approx(4 * at_mean, abs=5e-3)
