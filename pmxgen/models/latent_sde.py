@@ -298,6 +298,23 @@ class LatentSDEModel:
         with torch.no_grad():
             self.unconstrained.copy_(ps.to_unconstrained(phi))
 
+    def load_fit(self, fit) -> "LatentSDEModel":
+        """Set the weights and named parameters from a fit of a model built the same way (in place).
+
+        ``fit`` is a :class:`~pmxgen.estimation.FitResult` of :func:`fit_latent_sde` (also one read
+        back with ``FitResult.from_json``: its weights come from safetensors, checked by SHA-256).
+        """
+        from .weights import load_weights_state
+        if not fit.network_weights:
+            raise ModelError("the fit has no network weights; it is not a latent-SDE fit")
+        load_weights_state(self, fit.network_weights)
+        ps = self.parameter_set
+        if tuple(fit.parameter_names) != tuple(ps.all_names):
+            raise ModelError(f"the fit's parameters {list(fit.parameter_names)} are not this model's "
+                             f"{list(ps.all_names)}; build the model with the same options as the fitted one")
+        self.set_values({name: fit.estimates[name] for name in ps.names})
+        return self
+
     def to(self, device) -> "LatentSDEModel":
         """Move the weights and parameters to ``device`` (in place); returns the model."""
         self.networks.to(device)

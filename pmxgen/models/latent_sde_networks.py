@@ -92,10 +92,11 @@ class PosteriorDrift(nn.Module):
             raise EstimationError(f"PosteriorDrift: time_scale must be > 0 (found {time_scale!r})")
         self.net = mlp([2 + latent_dim + context_dim] + [hidden] * n_layers + [latent_dim], activation, dtype=dtype,
                        device=device)
-        self.register_buffer("time_scale", torch.tensor(float(time_scale), dtype=dtype, device=device))
+        # shape [1], not 0-d: a 0-d tensor comes back from the fit's safetensors file as shape [1]
+        self.register_buffer("time_scale", torch.tensor([float(time_scale)], dtype=dtype, device=device))
 
     def forward(self, t: torch.Tensor, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        s = (t / self.time_scale).to(z.dtype)
+        s = (t / self.time_scale[0]).to(z.dtype)
         tt = torch.stack([torch.sin(s), torch.cos(s)]).expand(z.shape[0], 2)
         return self.net(torch.cat([tt, z, context], dim=-1))
 

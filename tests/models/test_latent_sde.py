@@ -150,6 +150,10 @@ def test_fit_result_records_elbo_weights_and_reasons():
     back = pmxgen.FitResult.from_json(fit.to_json())
     assert back.elbo == fit.elbo and set(back.network_weights) == set(fit.network_weights)
     assert "SIGMA(PROP)" in fit.estimates and not fit.fixed["SIGMA(PROP)"]
+    fresh = LatentSDEModel(1, mechanism="ou", error="combined", context_dim=2, hidden=8, dt=0.1).load_fit(back)
+    with torch.no_grad():
+        a, b = model.elbo(data, n_samples=3, seed=9), fresh.elbo(data, n_samples=3, seed=9)
+    assert torch.equal(a.per_draw, b.per_draw)          # the stored fit rebuilds the same model
 
 
 def test_adjoint_gives_the_same_elbo_and_close_gradients():
