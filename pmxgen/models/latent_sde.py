@@ -51,7 +51,7 @@ from torch import nn
 
 from ..errors import EstimationError, IntegrationError, ModelError
 from .latent_sde_networks import DriftNetwork, PathEncoder, PosteriorDrift, mlp
-from .latent_sde_solve import Design, Schedule, brownian, build_schedule, design_from_batch, march
+from .latent_sde_solve import Design, Schedule, Solution, brownian, build_schedule, design_from_batch, march, read_states
 from .parameter_set import ParameterSet, PopulationValues, Theta
 from .residual_error import ResidualError, censored_neg2ll, normal_neg2ll, residual_error
 
@@ -391,12 +391,10 @@ class LatentSDEModel:
         return inputs
 
     def _solve(self, design: Design, schedule: Schedule, y0: torch.Tensor, repeats: int, context, values, *,
-               seed: int, on_break=None, before_jump=None, adjoint: bool = False, ids=()) -> tuple[list, dict]:
-        """Integrate rows ``[N·repeats, d+1]`` (subject-major); returns the pre-break states and the
-        post-jump states at break knots."""
+               seed: int, on_break=None, before_jump=None, adjoint: bool = False, ids=()) -> Solution:
+        """Integrate rows ``[N·repeats, d+1]`` (subject-major) through the schedule."""
         sde = _PathSDE(self, values, self._inputs(design, repeats), context)
         jump = schedule.jump.repeat_interleave(repeats, 0) / self.dose_scale
-        post: dict[int, torch.Tensor] = {}
         d = self.latent_dim
 
         def apply(k, y):
@@ -408,7 +406,6 @@ class LatentSDEModel:
                 y = y + add
             if on_break is not None:
                 y = on_break(k, y)
-            post[k] = y
             return y
         bm = brownian(schedule.t0, schedule.horizon, y0.shape[0], d + 1, seed=seed, dtype=y0.dtype,
                       device=y0.device, dt=self.dt, method=self.method)
@@ -418,9 +415,9 @@ class LatentSDEModel:
             # too: its context enters the drift, and the adjoint's vector-Jacobian products reach its
             # weights through it) and θ/σ
             params = tuple(p for p in self.networks.parameters() if p.requires_grad) + (self.unconstrained,)
-        pre = march(sde, y0, schedule, apply, bm=bm, solver=self.solver, method=self.method, dt=self.dt,
-                    max_step=self.max_step, adjoint=adjoint, adjoint_params=params)
-        last = pre[-1]
+        solution = march(sde, y0, schedule, apply, bm=bm, solver=self.solver, method=self.method, dt=self.dt,
+                         max_step=self.max_step, adjoint=adjoint, adjoint_params=params)
+        last = solution.final
         if not bool(torch.isfinite(last).all()):
             bad = (~torch.isfinite(last)).any(-1).reshape(-1, repeats).any(-1)
             i = int(torch.nonzero(bad)[0])
@@ -428,17 +425,12 @@ class LatentSDEModel:
             raise IntegrationError(f"the latent SDE path of subject {who} is not finite (the drift or diffusion "
                                    f"returned NaN/inf or the path diverged); check the networks' outputs, lower "
                                    f"the learning rate or dt")
-        return pre, post
+        return solution
 
     @staticmethod
-    def _gather(design: Design, schedule: Schedule, pre: list, post: dict, repeats: int) -> torch.Tensor:
+    def _gather(design: Design, schedule: Schedule, solution: Solution, repeats: int) -> torch.Tensor:
         """States at the observation slots ``[N·repeats, J, D]``."""
-        pre_s = torch.stack(pre)                                               # [K, B, D]
-        post_s = torch.stack([post.get(k, pre[k]) for k in range(len(pre))])
-        knot = schedule.obs_knot.repeat_interleave(repeats, 0)                 # [B, J]
-        rows = torch.arange(knot.shape[0], device=knot.device)[:, None]
-        after = schedule.obs_after_jump.repeat_interleave(repeats, 0)
-        return torch.where(after[..., None], post_s[knot, rows], pre_s[knot, rows])
+        return read_states(solution, schedule, design.obs_time, design.obs_mask, schedule.obs_after_jump, repeats)
 
     def _encode(self, batch, ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n_obs = batch.obs.mask.sum(1)
@@ -485,15 +477,15 @@ class LatentSDEModel:
         eps = torch.randn(n * s, d, generator=gen, dtype=q_mean.dtype, device=q_mean.device)
         z0 = q_mean.repeat_interleave(s, 0) + q_sd.repeat_interleave(s, 0) * eps
         y0 = torch.cat([z0, torch.zeros_like(z0[:, :1])], dim=-1)
-        pre, post = self._solve(design, schedule, y0, s, context.repeat_interleave(s, 0), values, seed=seed,
-                                adjoint=adjoint, ids=ids)
-        z_obs = self._gather(design, schedule, pre, post, s)[..., :d]
+        solution = self._solve(design, schedule, y0, s, context.repeat_interleave(s, 0), values, seed=seed,
+                               adjoint=adjoint, ids=ids)
+        z_obs = self._gather(design, schedule, solution, s)[..., :d]
         obs = batch.obs
         f = self.observe_prediction(z_obs, values)
         rep = (lambda v: v.repeat_interleave(s, 0))
         ll = self.observation_log_density(f, rep(obs.dv), rep(obs.blq), rep(obs.lloq), values)
         ll = torch.where(rep(obs.mask), ll, torch.zeros_like(ll)).sum(-1).reshape(n, s)
-        kl_path = pre[-1][:, -1].reshape(n, s)
+        kl_path = solution.final[:, -1].reshape(n, s)
         per_draw = (ll - kl_path - kl0[:, None]).T
         return ELBOTerms(elbo=per_draw.mean(0), log_likelihood=ll.mean(1), kl_initial=kl0, kl_path=kl_path.mean(1),
                          per_draw=per_draw)
@@ -525,8 +517,8 @@ class LatentSDEModel:
         eps = torch.randn(n * s, d, generator=gen, dtype=m0.dtype, device=m0.device)
         z0 = mean.repeat_interleave(s, 0) + sd.repeat_interleave(s, 0) * eps
         y0 = torch.cat([z0, torch.zeros_like(z0[:, :1])], dim=-1)
-        pre, post = self._solve(design, schedule, y0, s, context, values, seed=seed, ids=ids)
-        z = self._gather(design, schedule, pre, post, s)[..., :d]                       # [N·S, J, d]
+        solution = self._solve(design, schedule, y0, s, context, values, seed=seed, ids=ids)
+        z = self._gather(design, schedule, solution, s)[..., :d]                       # [N·S, J, d]
         z = z.reshape(n, s, *z.shape[1:]).transpose(0, 1)
         f = self.observe_prediction(z, values)
         f = torch.where(design.obs_mask, f, torch.zeros_like(f))

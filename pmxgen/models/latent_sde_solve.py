@@ -27,7 +27,8 @@ import torch
 
 from ..errors import IntegrationError, ModelError
 
-__all__ = ["Design", "design_from_batch", "Schedule", "build_schedule", "march", "brownian"]
+__all__ = ["Design", "design_from_batch", "Schedule", "build_schedule", "march", "brownian", "Solution",
+           "read_states", "step_grid"]
 
 
 @dataclass(frozen=True)
@@ -162,24 +163,56 @@ def _discrete_segment(sde, y: torch.Tensor, ts: torch.Tensor, bm, max_step: floa
     return torch.stack(out)
 
 
+def step_grid(a: float, b: float, dt: float) -> list[float]:
+    """The times torchsde's fixed-step solvers step to from ``a`` to ``b`` (``t = min(t + dt, b)``, the same
+    float arithmetic), so that asking for the solution there returns its steps without interpolation."""
+    out, t = [a], a
+    while t < b:
+        t = min(t + dt, b)
+        out.append(t)
+    return out
+
+
+@dataclass
+class Solution:
+    """A solve through a schedule: per segment between breaks its times ``[L]`` and states ``[L, B, D]``
+    (the first one is the state after the events of the segment's first knot), the state before any
+    event at ``t0``, and the state after the events of every break knot (``post``)."""
+
+    segments: list
+    initial: torch.Tensor
+    post: dict
+
+    @property
+    def final(self) -> torch.Tensor:
+        """The state at the horizon, before its events."""
+        return self.segments[-1][1][-1] if self.segments else self.initial
+
+
 def march(sde, y0: torch.Tensor, schedule: Schedule, on_break: Callable[[int, torch.Tensor], torch.Tensor], *,
           bm, solver: str = "continuous", method: str = "euler", dt: float | None = None,
-          max_step: float | None = None, adjoint: bool = False, adjoint_params=None) -> list:
-    """Integrate ``y0`` (the state at knot 0) through the schedule; returns the state at every knot
-    before its break callback (``list`` of ``[B, D]``). ``on_break(k, y)`` gives the state after
-    knot ``k``'s events (it is also called at knot 0).
+          max_step: float | None = None, adjoint: bool = False, adjoint_params=None) -> Solution:
+    """Integrate ``y0`` (the state at knot 0) from break to break. ``on_break(k, y)`` gives the state
+    after knot ``k``'s events (it is also called at knot 0).
+
+    The continuous solver returns each segment on its own step grid (:func:`step_grid`): states
+    between steps are read by linear interpolation, exactly what torchsde does for output times,
+    without making every subject's observation time an output of the batched solve.
     """
     import torchsde
     times = schedule.times
-    pre = [y0]
-    y = on_break(0, y0)
+    post = {0: on_break(0, y0)}
+    y = post[0]
     start = 0
     step = dt if dt is not None else (schedule.horizon - schedule.t0) / 100.0
+    segments = []
     for b in schedule.breaks:
-        ts = times[start:b + 1]
         if solver == "discrete":
+            ts = times[start:b + 1]
             ys = _discrete_segment(sde, y, ts, bm, max_step)
         else:
+            ts = torch.as_tensor(step_grid(float(times[start]), float(times[b]), step), dtype=times.dtype,
+                                 device=times.device)
             kwargs = dict(bm=bm, method=method, dt=step)
             try:
                 if adjoint:
@@ -190,7 +223,47 @@ def march(sde, y0: torch.Tensor, schedule: Schedule, on_break: Callable[[int, to
                 raise IntegrationError(f"the latent SDE solve failed between t = {float(ts[0]):g} and "
                                        f"{float(ts[-1]):g} ({type(exc).__name__}: {exc}); check the solver "
                                        f"options (method, dt) and that the drift and diffusion are finite") from exc
-        pre.extend(ys[1:].unbind(0))
+        segments.append((ts, ys))
         y = on_break(b, ys[-1])
+        post[b] = y
         start = b
-    return pre
+    return Solution(segments=segments, initial=y0, post=post)
+
+
+def read_states(solution: Solution, schedule: Schedule, obs_time: torch.Tensor, obs_mask: torch.Tensor,
+                after_jump: torch.Tensor, repeats: int) -> torch.Tensor:
+    """The states at the observation slots ``[N·repeats, J, D]``: linear interpolation between the
+    solver's steps, the state after a bolus for records that see it (dose record first), before
+    it otherwise (``obs_*`` and ``after_jump`` are ``[N, J]``, rows subject-major)."""
+    times = schedule.times
+    dev = times.device
+    brk = torch.tensor([0] + list(schedule.breaks), device=dev)
+    brk_t = times[brk]                                                      # [m+1] t0, B_1 .. B_m
+    t = torch.where(obs_mask, obs_time, brk_t[0])
+    # segment of a record that does not see a jump at its time: the first one ending at or after it
+    seg = torch.searchsorted(brk_t[1:].contiguous(), t.contiguous()).clamp(max=len(solution.segments) - 1)
+    lengths = [len(ts) for ts, _ in solution.segments]
+    width = max(lengths)
+    grid = torch.full((len(lengths), width), math.inf, dtype=times.dtype, device=dev)
+    for s, (ts, _) in enumerate(solution.segments):
+        grid[s, :len(ts)] = ts
+    states = torch.stack([torch.cat([ys, ys[-1:].expand(width - len(ys), *ys.shape[1:])]) for _, ys in
+                          solution.segments])                                # [S, L, B, D]
+    g = grid[seg]                                                           # [N, J, L]
+    hi = torch.searchsorted(g, t[..., None].contiguous())[..., 0].clamp(1, width - 1)
+    lo = hi - 1
+    t_lo, t_hi = g.gather(-1, lo[..., None])[..., 0], g.gather(-1, hi[..., None])[..., 0]
+    w = torch.where(torch.isfinite(t_hi) & (t_hi > t_lo), (t - t_lo) / (t_hi - t_lo).clamp_min(1e-300),
+                    torch.zeros_like(t)).clamp(0.0, 1.0)
+    rep = (lambda v: v.repeat_interleave(repeats, 0))
+    rows = torch.arange(states.shape[2], device=dev)[:, None]
+    seg_r, lo_r, hi_r, w_r = rep(seg), rep(lo), rep(hi), rep(w)[..., None]
+    out = states[seg_r, lo_r, rows] * (1 - w_r) + states[seg_r, hi_r, rows] * w_r
+    # a record at t0 before the events there reads the initial state
+    at_start = rep((t == brk_t[0]) & ~after_jump)[..., None]
+    out = torch.where(at_start, solution.initial[:, None, :].expand_as(out), out)
+    # a record that sees a bolus at its time reads the state after that knot's events
+    post_k = torch.searchsorted(brk_t.contiguous(), t.contiguous()).clamp(max=len(brk) - 1)
+    post = torch.stack([solution.post[int(k)] for k in brk.tolist()])       # [m+1, B, D]
+    out = torch.where(rep(after_jump)[..., None], post[rep(post_k), rows], out)
+    return out
