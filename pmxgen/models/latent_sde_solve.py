@@ -5,13 +5,14 @@ axis. The :class:`Schedule` of a :class:`Design` is the sorted union of all subj
 (observations, doses, infusion ends, the start ``t0`` and the ``horizon``), the *knots*.
 The solve walks through the *break* knots (where some subject gets a bolus, an infusion starts
 or ends, or — for the particle filter — is observed); between two breaks one
-``torchsde.sdeint`` (or ``sdeint_adjoint``) call integrates all rows and returns the state at
-every knot in between (torchsde's fixed-step solvers step by ``dt`` and interpolate linearly to
-output times). At a break a callback changes the state (a bolus jump into the dose coordinate;
-particle re-weighting and resampling). The discrete solver (the deep latent Gaussian model)
-takes Euler–Maruyama steps exactly from knot to knot (optionally subdivided to ``max_step``)
-with increments of the same Brownian interval, so both share the drift, diffusion, schedule and
-random numbers.
+``torchsde.sdeint`` (or ``sdeint_adjoint``) call integrates all rows and returns the state at its
+own fixed steps (:func:`step_grid`), and each record is read by linear interpolation between the
+two steps around it — exactly what torchsde does for output times, but without making every
+subject's observation time an output of the batched solve (:func:`read_states`). At a break a
+callback changes the state (a bolus jump into the dose coordinate; particle re-weighting and
+resampling). The discrete solver (the deep latent Gaussian model) takes Euler–Maruyama steps
+exactly from knot to knot (optionally subdivided to ``max_step``) with increments of the same
+Brownian interval, so both share the drift, diffusion, schedule and random numbers.
 
 Observation records at the time of a bolus see it when the dose record comes first (NONMEM's
 record order), as in the rest of pmxgen.
