@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
     register_report(sub)
     register_simulate(sub)
+    from pmxgen.report.generators_command import register as register_compare_generators
+    register_compare_generators(sub)
     return parser
 
 

@@ -3,7 +3,8 @@
 ``diagnose(fit_or_run)`` reloads the run when given a FitResult (:func:`pmxgen.load_run`),
 simulates ``n_simulations`` replicates of the design at the estimates (one set, seeded, shared
 by NPDE and the VPCs), and gathers CWRES/IWRES (from the FitResult), NPDE/NPD, η and ε
-shrinkage, the VPC and pcVPC, and the figures. It uses only the FitResult's fields and the
+shrinkage, the VPC and pcVPC, the one-step-ahead predictive log-likelihood of every observation
+(:func:`~pmxgen.diagnostics.one_step_ahead`, column ``OSA_LOGLIK``) and the figures. It uses only the FitResult's fields and the
 model's population-model contract (simulation, predictions), never an estimator's internals.
 """
 from __future__ import annotations
@@ -39,7 +40,10 @@ class Diagnostics:
         The replicates ``[S, N, J]`` used for NPDE and the VPCs.
     seed : int
     options : dict
-        ``bins``, ``stratify``, ``interval``.
+        ``bins``, ``stratify``, ``interval``; ``one_step_ahead``: why there are no one-step-ahead
+        log-likelihoods, when there are none.
+    one_step_ahead : OneStepAhead or None
+        One-step-ahead predictive log-likelihoods (``OSA_LOGLIK``, ``OSA_SE`` in ``observations``).
     """
 
     run: object
@@ -51,6 +55,7 @@ class Diagnostics:
     simulated: np.ndarray
     seed: int | None
     options: dict = field(default_factory=dict)
+    one_step_ahead: object = None
 
     @property
     def fit(self):
@@ -170,6 +175,10 @@ class Diagnostics:
         if self.npde.failed:
             lines.append(f"  decorrelation failed for subject positions {list(self.npde.failed)} (NaN NPDE)")
         lines.append("  shrinkage (%): " + "  ".join(f"{k} {100 * v:.1f}" for k, v in self.shrinkage.items()))
+        osa = self.one_step_ahead
+        if osa is not None:
+            lines.append(f"  one-step-ahead log-likelihood {osa.total:.3f} (MC SE {osa.se:.3f}, {osa.method}, "
+                         f"{osa.n_samples} draws, smallest ESS {osa.min_ess:.0f})")
         for label, result in (("VPC", self.vpc), ("pcVPC", self.pcvpc)):
             if result is not None:
                 lines.append(f"  {label}: observed percentiles inside the simulated {100 * result.interval:g} % "
@@ -193,7 +202,8 @@ def _shrinkage(run) -> dict:
 
 
 def diagnose(fit_or_run, *, n_simulations: int = 500, seed: int | None = 0, bins=None, stratify: str | None = None,
-             pred_corr: bool | None = None, interval: float = 0.95, model=None, data=None) -> Diagnostics:
+             pred_corr: bool | None = None, interval: float = 0.95, model=None, data=None,
+             osa_samples: int | None = 1000) -> Diagnostics:
     """Simulation-based and residual diagnostics of a fit.
 
     Parameters
@@ -217,6 +227,9 @@ def diagnose(fit_or_run, *, n_simulations: int = 500, seed: int | None = 0, bins
         Width of the simulated prediction intervals of the VPC percentiles.
     model, data : optional
         Passed to :func:`pmxgen.load_run`.
+    osa_samples : int or None
+        Importance draws per subject of the one-step-ahead log-likelihoods
+        (:func:`~pmxgen.diagnostics.one_step_ahead`, seeded with ``seed``); None or 0 skips them.
 
     Examples
     --------
@@ -243,6 +256,20 @@ def diagnose(fit_or_run, *, n_simulations: int = 500, seed: int | None = 0, bins
                           "PDE": npde.pde[subject, sample], "PD": npde.pd[subject, sample]})
     observations = run.fit.observations.drop(columns=[c for c in extra.columns if c != "ROW"], errors="ignore")
     observations = observations.merge(extra, on="ROW", how="left", validate="one_to_one")
+    options = {"bins": bins, "stratify": stratify, "interval": interval}
+    osa = None
+    if osa_samples:
+        from ..errors import EstimationError, ModelError
+        from .one_step_ahead import one_step_ahead
+        try:
+            osa = one_step_ahead(run, n_samples=int(osa_samples), seed=0 if seed is None else int(seed))
+        except (ModelError, EstimationError) as exc:      # reported, not faked: the report says why
+            options["one_step_ahead"] = f"not computed: {exc}"
+        else:
+            observations = observations.drop(columns=["OSA_LOGLIK", "OSA_SE"], errors="ignore").merge(
+                osa.table[["ROW", "OSA_LOGLIK", "OSA_SE"]], on="ROW", how="left", validate="one_to_one")
+    else:
+        options["one_step_ahead"] = "not requested (osa_samples=0)"
     return Diagnostics(run=run, observations=observations, npde=npde, vpc=vpc, pcvpc=pcvpc, shrinkage=_shrinkage(run),
-                       simulated=torch.as_tensor(sims).cpu().numpy(), seed=seed,
-                       options={"bins": bins, "stratify": stratify, "interval": interval})
+                       simulated=torch.as_tensor(sims).cpu().numpy(), seed=seed, options=options,
+                       one_step_ahead=osa)

@@ -12,6 +12,10 @@ Kernels (as in Monolix's SAEM, with MALA in place of the block random walk optio
   towards an acceptance rate of 0.4.
 * ``mala``: Langevin proposal ``η' = η + ½h_r² Ω ∇log π(η) + h_r L ξ`` with the
   Metropolis correction for its asymmetry, per-row ``h_r`` adapted towards 0.57.
+* ``follmer``: a Schrödinger–Föllmer path proposal (an independence proposal that can jump
+  between modes, no tuning), Metropolis-corrected by its Girsanov weights; see
+  :func:`pmxgen.estimation.follmer.follmer_move`. Costs about 2 × FOLLMER_STEPS × FOLLMER_DRAWS
+  model evaluations per application.
 
 A proposal whose density is not finite (or whose evaluation raises a model/integration
 error) is rejected; the chain stays where it is.
@@ -31,7 +35,7 @@ from ..models.parameter_set import PopulationValues
 __all__ = ["KERNELS", "ConditionalTarget", "KernelState", "apply_kernels", "sample_conditional", "validate_kernels"]
 
 #: Kernel names, in the order they are applied within one sweep.
-KERNELS = ("prior", "random_walk", "mala")
+KERNELS = ("prior", "random_walk", "mala", "follmer")
 _TARGET_ACCEPTANCE = {"random_walk": 0.4, "mala": 0.57}
 _ADAPT_RATE = 0.5
 
@@ -179,6 +183,10 @@ def apply_kernels(target: ConditionalTarget, state: KernelState, kernels: dict[s
         log_q_back = _gaussian_log_kernel(state.eta - mean_back, chol, h)
         ok = _accept(state, "mala", proposal, lp_new, lp_new - lp_old + log_q_back - log_q_fwd, generator, adapt)
         state.gradient = torch.where(ok[:, None], g_new, g_old)
+    if kernels.get("follmer", 0):
+        from .follmer import follmer_move
+        for _ in range(kernels["follmer"]):
+            follmer_move(target, state, generator)
     return state
 
 

@@ -44,7 +44,7 @@ from .posthoc import common_result_fields, estimate_messages
 from .registry import register_estimator
 from .results import FitResult
 
-__all__ = ["SAEM", "MCEM", "EM_COVARIANCE", "EM_STATUSES", "saem_convergence"]
+__all__ = ["SAEM", "MCEM", "EM_COVARIANCE", "EM_STATUSES", "saem_convergence", "parse_kernels"]
 
 #: Standard-error methods of the EM estimators.
 EM_COVARIANCE = ("louis", "linearization")
@@ -230,6 +230,30 @@ def _failure_message(names: list[str], iteration: int) -> str:
             f"iteration before. Check the model (e.g. parameters that can overflow) and the initial estimates")
 
 
+def parse_kernels(text: str) -> dict[str, int]:
+    """``"prior=2,random_walk=2,mala=2,follmer=1"`` → ``{"prior": 2, ...}`` (the ``--kernels`` option);
+    names and counts are checked at fit time (:func:`~pmxgen.estimation.mcmc.validate_kernels`).
+
+    Examples
+    --------
+    >>> parse_kernels("follmer=1, mala=2")
+    {'follmer': 1, 'mala': 2}
+    """
+    out = {}
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        name, sep, count = item.partition("=")
+        if not sep or not count.strip().lstrip("-").isdigit():
+            raise ValueError(f"kernel {item!r}: expected name=count")
+        out[name.strip()] = int(count)
+    if not out:
+        raise ValueError("no kernels given")
+    return out
+
+
+parse_kernels.__name__ = "kernel list such as prior=2,random_walk=2,mala=2 or follmer=1"
+
 #: Command-line options SAEM and MCEM share.
 _EM_CLI = (
     CliOption("--covariance", "covariance", str,
@@ -238,6 +262,9 @@ _EM_CLI = (
     CliOption("--importance-samples", "importance_samples", int,
               "draws per subject for the importance-sampling -2LL (default 1000)"),
     CliOption("--chains", "n_chains", int, "MCMC chains per subject (default ceil(200/N))"),
+    CliOption("--kernels", "kernels", parse_kernels,
+              "MCMC kernels and their applications per iteration, e.g. prior=2,random_walk=2,mala=2 (default) or "
+              "follmer=1 (Schrödinger-Föllmer path proposals, Metropolis-corrected)"),
 )
 
 
@@ -378,8 +405,12 @@ class SAEM(_EMEstimator):
     n_chains : int or None
         Chains per subject; None: ``ceil(200 / N)``.
     kernels : dict
-        Applications per iteration of each kernel (``prior``, ``random_walk``, ``mala``);
-        default ``{"prior": 2, "random_walk": 2, "mala": 2}``.
+        Applications per iteration of each kernel (``prior``, ``random_walk``, ``mala``,
+        ``follmer``); default ``{"prior": 2, "random_walk": 2, "mala": 2}``. ``{"follmer": 1}``
+        moves every chain by a Schrödinger–Föllmer path proposal with a Metropolis correction
+        (:func:`~pmxgen.estimation.follmer.follmer_move`): independent of the current state (it can
+        jump between modes of a multimodal conditional distribution) and untuned, at about
+        2 × 10 × 16 model evaluations per move (command line: ``--kernels follmer=1``).
     covariance : {"louis", "linearization"} or None
         Standard errors from Louis' formula on conditional draws, or 2R⁻¹ of the FOCE-I
         objective at the estimates; None skips them.

@@ -3,6 +3,12 @@
 :mod:`pmxgen.generative.flows`: normalizing flows with a batch of independent flows (one per
 subject), used as flexible per-subject distributions such as variational posteriors of η.
 
+:mod:`pmxgen.generative.generator`: one interface for generators of virtual populations
+(``fit``/``sample``/``log_prob``/``save``/``load``) over mixed tabular data
+(:mod:`pmxgen.generative.tabular`), a registry (:func:`make_generator`), the multivariate normal
+baseline (:mod:`pmxgen.generative.baselines`), 2-D toy densities (:mod:`pmxgen.generative.toy`)
+and kernel two-sample statistics (:mod:`pmxgen.generative.kernels`).
+
 :mod:`pmxgen.generative.score`: score matching (explicit, sliced, denoising, noise-conditional),
 energy-based models (Gaussian energy, energy and score networks) fitted by score matching,
 contrastive divergence or noise-contrastive estimation, and Langevin samplers (ULA, MALA,
@@ -33,6 +39,22 @@ from .flows import (
     RadialFlow,
     build_flow,
 )
+from .generator import (
+    GENERATORS,
+    Generator,
+    generator_class,
+    generator_names,
+    load_generator,
+    make_generator,
+    register_generator,
+)
+from .kernels import median_bandwidth, mmd2, multiscale_bandwidths
+from .metrics import (TableEncoding, correlation_error, encode_tables, energy_distance, evaluate, heldout_nll,
+                      precision_recall, sliced_wasserstein, wasserstein2)
+from .two_sample import TestResult, classifier_two_sample_test, marginal_tests, mmd_test
+from .comparison import GeneratorComparison, baseline_check, compare_generators
+from .tabular import ColumnSpec, TabularSchema, TabularTransform
+from .toy import TOY_DENSITIES, sample_toy, toy_entropy, toy_log_prob
 from .score import (
     ContrastiveDivergence,
     DenoisingScoreMatching,
@@ -64,4 +86,14 @@ __all__ = ["Flow", "AffineFlow", "PlanarFlow", "RadialFlow", "AffineCouplingFlow
            "noise_conditional_score_matching", "score_from_energy", "geometric_sigmas", "Loss",
            "ExplicitScoreMatching", "SlicedScoreMatching", "DenoisingScoreMatching", "NoiseConditionalScoreMatching",
            "ContrastiveDivergence", "NoiseContrastiveEstimation", "GaussianEnergy", "EnergyNetwork",
-           "NoiseConditionalScoreNetwork", "fit_energy", "EnergyFit", "ula", "mala", "annealed_langevin"]
+           "NoiseConditionalScoreNetwork", "fit_energy", "EnergyFit", "ula", "mala", "annealed_langevin",
+           # generators of virtual populations
+           "Generator", "GENERATORS", "register_generator", "make_generator", "generator_names", "generator_class",
+           "load_generator", "ColumnSpec", "TabularSchema", "TabularTransform", "mmd2", "median_bandwidth",
+           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy"]
+
+# sample-based evaluation and comparison of generators (pmxgen.generative.metrics, .two_sample, .comparison)
+__all__ += ["TableEncoding", "encode_tables", "energy_distance", "sliced_wasserstein", "wasserstein2",
+            "correlation_error", "precision_recall", "heldout_nll", "evaluate", "TestResult", "mmd_test",
+            "classifier_two_sample_test", "marginal_tests", "compare_generators", "GeneratorComparison",
+            "baseline_check"]

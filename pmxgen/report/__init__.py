@@ -9,7 +9,8 @@ import types
 
 from .tables import results_summary, write_fit
 
-_LAZY = {"write_report": "html", "render_html": "html", "write_tables": "html"}
+_LAZY = {"write_report": "html", "render_html": "html", "write_tables": "html",
+         "write_generator_report": "generators"}
 
 __all__ = ["results_summary", "write_fit", *_LAZY]
 

@@ -1,7 +1,9 @@
 """The diagnostics report: one self-contained HTML file (figures embedded as PNG) plus CSV tables.
 
 Sections: run information, data summary, status checklist, parameter table (estimate, SE,
-RSE %, 95 % CI, shrinkage), simulation diagnostics (NPDE tests, shrinkage, VPC coverage) and
+RSE %, 95 % CI, shrinkage), simulation diagnostics (NPDE tests, shrinkage, VPC coverage), the
+one-step-ahead predictive log-likelihood (total, its Monte Carlo SE, beside the importance-sampling
+log-likelihood of the fit, and per subject; per observation in the residual table) and
 the figures of :meth:`pmxgen.diagnostics.Diagnostics.figures`. The page loads nothing from
 outside itself (no scripts, fonts or links), so it can be mailed or archived as it is.
 
@@ -196,7 +198,30 @@ def _diagnostics_section(diag) -> str:
                          "observations left out": result.n_excluded})
     if rows:
         parts += ["<h3>Predictive checks</h3>", _table(pd.DataFrame(rows))]
+    parts.append(_one_step_ahead_section(diag))
     return "".join(parts)
+
+
+def _one_step_ahead_section(diag) -> str:
+    """Total and per-subject one-step-ahead predictive log-likelihoods, or why there are none."""
+    osa = getattr(diag, "one_step_ahead", None)
+    head = "<h3 id='one-step-ahead'>One-step-ahead predictive log-likelihood</h3>"
+    if osa is None:
+        reason = diag.options.get("one_step_ahead", "not computed")
+        return head + f"<p class='note'>One-step-ahead log-likelihoods: {html.escape(str(reason))}</p>"
+    items = {"total log p(y_j | y_<j) over observations": osa.total, "Monte Carlo SE": osa.se,
+             "-2 × total": osa.minus2ll, "method": osa.method, "draws per subject": osa.n_samples,
+             "smallest effective sample size": osa.min_ess}
+    imp = diag.fit.importance_sampling
+    if imp:
+        items["-2LL by importance sampling of the fit"] = float(imp["minus2ll"])
+        items["its Monte Carlo SE"] = float(imp["se"])
+    note = ("<p class='note'>Each observation's log density given the subject's earlier observations and doses, "
+            "log p(y_j | y_&lt;j) = log p(y_≤j) − log p(y_&lt;j), by importance sampling of η (one set of draws for "
+            "all prefixes; per observation: OSA_LOGLIK, OSA_SE in the residual table). Summed, it is the marginal "
+            "log-likelihood: −2 × total estimates the −2LL, within the Monte Carlo errors. Low values single out "
+            "observations the model did not predict from the subject's history.</p>")
+    return head + note + _dl(items) + _table(osa.subjects)
 
 
 def render_html(diag, *, title: str | None = None, per_page: int = 12, dpi: int = 90) -> str:
