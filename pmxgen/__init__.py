@@ -74,6 +74,9 @@ _EXPORTS = {
     "fitted_values": "pmxgen.runs",
     "generate_population": "pmxgen.generative.vpop",
     "simulate_virtual_population": "pmxgen.simulation",
+    "LatentSDEModel": "pmxgen.models",
+    "DeepLatentGaussianModel": "pmxgen.models",
+    "fit_latent_sde": "pmxgen.estimation.latent_sde_fit",
 }
 _SUBMODULES = ("data", "structural", "simulation", "datasets", "errors", "models", "estimation", "diagnostics",
                "report", "runs", "generative")

@@ -14,3 +14,5 @@ __all__ = ["PopulationModel", "gaussian_log_prior", "TIERS", "capabilities", "re
            "ppca_matrix", "ppca_posterior"]
 from .energy_prior import EnergyPriorModel
 __all__ += ["EnergyPriorModel"]
+from .latent_sde import DeepLatentGaussianModel, LatentPaths, LatentSDEModel
+__all__ += ["LatentSDEModel", "DeepLatentGaussianModel", "LatentPaths"]
