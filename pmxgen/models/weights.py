@@ -89,7 +89,8 @@ def load_weights_state(model, state: Mapping[str, np.ndarray]) -> None:
 def weights_to_bytes(state: Mapping[str, np.ndarray]) -> bytes:
     """The safetensors serialization of ``state`` (float64 arrays)."""
     from safetensors.numpy import save
-    return save({k: np.ascontiguousarray(np.asarray(v, dtype=np.float64)) for k, v in state.items()})
+    # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them shape (1,))
+    return save({k: np.require(np.asarray(v, dtype=np.float64), requirements="C") for k, v in state.items()})
 
 
 def sha256(data: bytes) -> str:

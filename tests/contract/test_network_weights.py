@@ -141,3 +141,12 @@ def test_vem_fits_the_weights_too():
     fit = pmxgen.fit(model, data, method="vem", max_iter=300, importance_samples=200, weight_decay=1.0, seed=2)
     assert fit.n_network_weights == 13 and fit.network_weight_norm > 0.05
     assert float(model.networks["cl_wt"][2].weight.detach().abs().sum()) == 0.0     # the model's own weights untouched
+
+
+def test_zero_dimensional_weights_keep_their_shape():
+    """A 0-d buffer or parameter (e.g. a scalar temperature) round-trips as 0-d, not as shape (1,)."""
+    import numpy as np
+    from pmxgen.models.weights import weights_from_bytes, weights_to_bytes
+    back = weights_from_bytes(weights_to_bytes({"scale": np.asarray(2.5), "w": np.ones((2, 3)).T}))
+    assert back["scale"].shape == () and float(back["scale"]) == 2.5
+    assert back["w"].shape == (3, 2)
