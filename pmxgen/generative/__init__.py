@@ -48,6 +48,10 @@ from .generator import (
     make_generator,
     register_generator,
 )
+from .ddpm import DDPMGenerator
+from .ebm import EnergyBasedGenerator
+from .flow_matching import FlowMatchingGenerator
+from .score_sde import ScoreSDEGenerator
 from .kernels import median_bandwidth, mmd2, multiscale_bandwidths
 from .tabular import ColumnSpec, TabularSchema, TabularTransform
 from .toy import TOY_DENSITIES, sample_toy, toy_entropy, toy_log_prob
@@ -86,4 +90,6 @@ __all__ = ["Flow", "AffineFlow", "PlanarFlow", "RadialFlow", "AffineCouplingFlow
            # generators of virtual populations
            "Generator", "GENERATORS", "register_generator", "make_generator", "generator_names", "generator_class",
            "load_generator", "ColumnSpec", "TabularSchema", "TabularTransform", "mmd2", "median_bandwidth",
-           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy"]
+           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy",
+           # diffusion, score SDE, flow matching, EBM generators
+           "DDPMGenerator", "ScoreSDEGenerator", "FlowMatchingGenerator", "EnergyBasedGenerator"]
