@@ -22,8 +22,8 @@ import torch
 from pmxgen.generative import make_generator, sample_toy, toy_entropy
 
 N_TRAIN, N_TEST = 20_000, 2000
-SETTINGS = dict(sde="vp", hidden=[128, 128, 128], max_epochs=100, batch_size=256, learning_rate=2e-3,
-                validation_fraction=0.05, patience=20, seed=0, t_min=1e-3, rtol=1e-5, atol=1e-5)
+SETTINGS = dict(sde="vp", hidden=[128, 128, 128], max_epochs=150, batch_size=256, learning_rate=1e-3,
+                validation_fraction=0.05, patience=30, seed=0, t_min=1e-5, rtol=1e-5, atol=1e-5)
 
 
 def main() -> dict:

@@ -83,7 +83,6 @@ class TimeMLP(torch.nn.Module):
 
 
 def _check_method(method: str, n_steps: int) -> None:
-    import torchdiffeq  # noqa: F401  (only to fail early with a clear message)
     from torchdiffeq._impl.odeint import SOLVERS
     if method not in SOLVERS:
         raise ModelError(f"unknown ODE solver {method!r}; choose one of {sorted(SOLVERS)}")

@@ -10,7 +10,10 @@ marginals are ``x_t = α(t) x_0 + σ(t) z``:
   α = 1; prior N(0, σ_max² I). (As in the paper's code, t = 0 is the data smoothed by N(0, σ_min²).)
 
 A network learns the score s(x, t) = ∇ log p_t(x) by denoising score matching with the weight
-λ(t) = σ(t)², i.e. it predicts the noise: s(x, t) = −ε_θ(x, t, c)/σ(t), loss ‖ε_θ(x_t, t) − z‖².
+λ(t) = σ(t)², i.e. it predicts the noise: s(x, t) = −ε_θ(x, τ(t), c)/σ(t), loss ‖ε_θ(x_t, τ) − z‖².
+Its time input is the noise time τ = log σ(t) mapped onto [0, 1] over [t_min, 1], which resolves
+the small noise levels that decide the likelihood; half of each minibatch draws t uniformly, the
+other half log-uniformly in σ(t) (``time_sampling="log_noise"``; the minimiser is the same).
 Samples come from the reverse SDE ``dx = [f − g² s] dt + g dw̄`` (Euler–Maruyama from t = 1 to
 ``t_min``, the last step without noise) or from the probability-flow ODE
 ``dx/dt = f − ½g² s`` (same marginals; adaptive solver). Along the ODE,
