@@ -18,6 +18,10 @@ The source is the standard normal on the encoded scale (``source="gaussian"``), 
 2-D toy densities of :mod:`pmxgen.generative.toy` drawn in the data's own units (the published
 check transports "8gaussians" to "moons"); a toy source needs two unbounded continuous columns.
 
+Measured (``benchmarks/gen_flow_matching_ot.py``, 8 Gaussians → moons, 10⁴ rows, exact W2 of 2000
+points; the W2 between two samples of the moons themselves is 0.19): one Euler step gives 0.28
+with OT coupling against 1.55 with independent coupling; dopri5 gives 0.23 and 0.38.
+
 With conditions, minibatch OT pairs rows only within groups of identical condition values
 (exact for discrete conditions such as sex); rows with a condition value of their own keep
 their independent source draw. This keeps x_0 independent of c, so every conditional flow
