@@ -21,9 +21,9 @@ Samples come from the reverse SDE ``dx = [f − g² s] dt + g dw̄`` (Euler–Ma
 variables): :func:`probability_flow_log_prob`, with the exact divergence in low dimension and
 Hutchinson's estimator otherwise.
 
-Measured (``benchmarks/gen_score_sde_likelihood.py``, VP, 2·10⁴ rows, 3 × 128 network): held-out
-NLL 3.10 ± 0.02 nats on 8 Gaussians (entropy 2.83, best Gaussian 4.26) and 3.95 ± 0.01 on the
-checkerboard (entropy ln 32 = 3.47, best Gaussian 4.50): above the entropy, by 0.27 and 0.48.
+Measured (``benchmarks/gen_score_sde_likelihood.py``, VP, 2·10⁴ rows, 3 × 256 network): held-out
+NLL 3.00 ± 0.03 nats on 8 Gaussians (entropy 2.83, best Gaussian 4.26) and 3.94 ± 0.01 on the
+checkerboard (entropy ln 32 = 3.47, best Gaussian 4.50): above the entropy, by 0.18 and 0.48.
 
 The functions take any score ``(x [n, d], t [n]) → [n, d]``, so the exact score of a known
 density can be plugged in (the tests check the identities on Gaussian data this way).
