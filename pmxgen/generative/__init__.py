@@ -49,6 +49,10 @@ from .generator import (
     register_generator,
 )
 from .copula import GaussianCopulaGenerator
+from .ddpm import DDPMGenerator
+from .ebm import EnergyBasedGenerator
+from .flow_matching import FlowMatchingGenerator
+from .score_sde import ScoreSDEGenerator
 from .kernels import median_bandwidth, mmd2, multiscale_bandwidths
 from .metrics import (TableEncoding, correlation_error, encode_tables, energy_distance, evaluate, heldout_nll,
                       precision_recall, sliced_wasserstein, wasserstein2)
@@ -102,3 +106,6 @@ __all__ += ["TableEncoding", "encode_tables", "energy_distance", "sliced_wassers
 
 # Gaussian copula baseline and virtual populations end to end (pmxgen.generative.copula, .vpop)
 __all__ += ["GaussianCopulaGenerator", "generate_population", "read_covariates", "GeneratedPopulation"]
+
+# diffusion, score SDE, flow matching, EBM generators
+__all__ += ["DDPMGenerator", "ScoreSDEGenerator", "FlowMatchingGenerator", "EnergyBasedGenerator"]
