@@ -18,7 +18,7 @@ critic updates on minibatches drawn (seeded) from the training rows, discrete co
 dequantised as in the default trainer. A GAN's losses say little about the quality of its
 samples, so early stopping watches a sample-based criterion instead: every ``eval_every`` epochs
 the squared MMD (:func:`pmxgen.generative.kernels.mmd2`, multiscale Gaussian kernel with
-bandwidths from the training rows) between ``eval_samples`` generated rows (the same latent
+bandwidths ``eval_bandwidth_factors`` × the median distance of the training rows) between ``eval_samples`` generated rows (the same latent
 draws each time) and the held-out rows; the generator with the smallest held-out MMD is kept.
 Status: "converged" when the held-out MMD has not improved for ``patience`` evaluations,
 "max_iterations" when ``max_epochs`` came first (the best state is kept), "failed" when a loss
@@ -147,6 +147,9 @@ class AdversarialGenerator(Generator):
         Epochs between two held-out MMD evaluations.
     eval_samples : int
         Generated rows per held-out MMD evaluation.
+    eval_bandwidth_factors : list of float
+        Kernel bandwidths of the held-out MMD, as multiples of the median distance of the training rows
+        (small factors make the criterion see fine structure, e.g. the squares of a checkerboard).
     **common
         The keywords shared by every :class:`~pmxgen.generative.generator.Generator` (``patience`` counts
         evaluations).
@@ -154,17 +157,21 @@ class AdversarialGenerator(Generator):
 
     def __init__(self, *, latent_dim: int = 8, hidden: int = 64, layers: int = 2, critic_steps: int = 1,
                  betas: tuple | list = (0.5, 0.999), critic_learning_rate: float | None = None,
-                 eval_every: int = 1, eval_samples: int = 1000, **common) -> None:
+                 eval_every: int = 1, eval_samples: int = 1000,
+                 eval_bandwidth_factors: tuple | list = (0.125, 0.25, 0.5, 1.0, 2.0), **common) -> None:
         super().__init__(**common)
         self.latent_dim, self.hidden, self.layers, self.critic_steps = latent_dim, hidden, layers, critic_steps
         self.betas, self.critic_learning_rate = [float(b) for b in betas], critic_learning_rate
         self.eval_every, self.eval_samples = eval_every, eval_samples
+        self.eval_bandwidth_factors = [float(f) for f in eval_bandwidth_factors]
 
     def _validate(self) -> None:
         super()._validate()
         checks = [("latent_dim", self.latent_dim >= 1), ("hidden", self.hidden >= 1), ("layers", self.layers >= 0),
                   ("critic_steps", self.critic_steps >= 1), ("eval_every", self.eval_every >= 1),
                   ("eval_samples", self.eval_samples >= 2),
+                  ("eval_bandwidth_factors", len(self.eval_bandwidth_factors) >= 1
+                   and min(self.eval_bandwidth_factors) > 0),
                   ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
                   ("critic_learning_rate", self.critic_learning_rate is None or self.critic_learning_rate > 0)]
         for name, ok in checks:
@@ -205,7 +212,7 @@ class AdversarialGenerator(Generator):
         opt_g = torch.optim.Adam(net.generator.parameters(), lr=self.learning_rate, betas=tuple(self.betas))
         opt_d = torch.optim.Adam(net.critic.parameters(), lr=self.critic_learning_rate or self.learning_rate,
                                  betas=tuple(self.betas))
-        bandwidths = multiscale_bandwidths(_join(x, c))
+        bandwidths = multiscale_bandwidths(_join(x, c), factors=self.eval_bandwidth_factors)
         n, batch = x.shape[0], min(self.batch_size, x.shape[0])
         steps = math.ceil(n / batch)
         best, best_state, best_epoch, bad, history = math.inf, None, 0, 0, []

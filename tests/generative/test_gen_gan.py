@@ -81,7 +81,7 @@ def test_early_stopping_keeps_the_state_with_the_best_held_out_mmd():
     assert len(scores) < 60 and int(np.argmin(scores)) == len(scores) - 5
     encoded = gen.transform_.encode(pd.DataFrame(x.numpy(), columns=list(gen.transform_.modelled)))
     x_train, _, x_val, _ = gen._split(encoded, None)
-    again = gen._heldout_mmd(x_val, None, multiscale_bandwidths(x_train))
+    again = gen._heldout_mmd(x_val, None, multiscale_bandwidths(x_train, factors=gen.eval_bandwidth_factors))
     assert again == pytest.approx(min(scores), rel=1e-10, abs=1e-14)
 
 
