@@ -97,3 +97,10 @@ __all__ += ["TableEncoding", "encode_tables", "energy_distance", "sliced_wassers
             "correlation_error", "precision_recall", "heldout_nll", "evaluate", "TestResult", "mmd_test",
             "classifier_two_sample_test", "marginal_tests", "compare_generators", "GeneratorComparison",
             "baseline_check"]
+
+# GAN, WGAN-GP, BSDE generator and tabular VAE (pmxgen.generative.gan, .bsde, .vae)
+from .gan import GANGenerator, WGANGPGenerator, gradient_penalty  # noqa: E402
+from .bsde import BSDEGenerator  # noqa: E402
+from .vae import TabularVAEGenerator  # noqa: E402
+
+__all__ += ["GANGenerator", "WGANGPGenerator", "gradient_penalty", "BSDEGenerator", "TabularVAEGenerator"]
