@@ -18,7 +18,9 @@ the floor set by finite samples) are in the same table. Run::
 
     OMP_NUM_THREADS=1 python benchmarks/gen_toy_samples.py            # writes benchmarks/gen_toy_samples.json
 
-The figures this printed are recorded in ``benchmarks/gen_toy_samples.json`` (same folder).
+The figures this printed are recorded in ``benchmarks/gen_toy_samples.json`` (same folder). In that run
+every generator beat the MVN on MMD² and energy distance on all four densities and covered all 8
+Gaussians; none resolved the checkerboard (46–51 % of draws on the true support, MVN 42 %).
 """
 from __future__ import annotations
 
