@@ -109,3 +109,9 @@ __all__ += ["GaussianCopulaGenerator", "generate_population", "read_covariates",
 
 # diffusion, score SDE, flow matching, EBM generators
 __all__ += ["DDPMGenerator", "ScoreSDEGenerator", "FlowMatchingGenerator", "EnergyBasedGenerator"]
+# GAN, WGAN-GP, BSDE generator and tabular VAE (pmxgen.generative.gan, .bsde, .vae)
+from .gan import GANGenerator, WGANGPGenerator, gradient_penalty  # noqa: E402
+from .bsde import BSDEGenerator  # noqa: E402
+from .vae import TabularVAEGenerator  # noqa: E402
+
+__all__ += ["GANGenerator", "WGANGPGenerator", "gradient_penalty", "BSDEGenerator", "TabularVAEGenerator"]
