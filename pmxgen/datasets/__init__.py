@@ -28,7 +28,7 @@ __all__ = ["load", "path", "truth", "describe", "REAL", "READ_OPTIONS"]
 # ``from pmxgen.datasets import *`` does not shadow the builtin ``list``.
 
 #: The real (not simulated) data sets.
-REAL: tuple[str, ...] = ("theophylline", "indomethacin", "pheno", "moxo")
+REAL: tuple[str, ...] = ("theophylline", "indomethacin", "pheno", "moxo", "pmxnode_example1")
 #: Default :func:`pmxgen.read_nonmem` options of each data set (overridden by ``load``'s keywords).
 READ_OPTIONS: dict[str, dict] = {"moxo": {"occasion": "VISI"}}
 
