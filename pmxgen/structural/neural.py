@@ -122,12 +122,26 @@ def mlp(sizes: Sequence[int], *, activation: str = "tanh", zero_last: bool = Tru
     return net.to(device) if device is not None else net
 
 
-class _FirstOrderOnly(torch.autograd.Function):
-    """Identity whose backward refuses to build a graph (a second derivative through the adjoint)."""
+class _AdjointSolve(torch.autograd.Function):
+    """``solve(y, tensors) -> y(1)`` by the adjoint method, as one autograd node with first derivatives only.
+
+    The solve runs on detached leaf copies of ``y`` and of every tensor the right-hand side
+    reads, so that the adjoint gives each one's partial derivative (the tensors may depend on
+    each other upstream, e.g. an interval's start and length both on a lag time: passed to
+    ``odeint_adjoint`` as they are, such a shared path would be counted twice); autograd then
+    chains the partial derivatives back through their own graphs. The backward refuses to build
+    a graph, i.e. a second derivative, with a clear error instead of a silently wrong one.
+    """
 
     @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
+    def forward(ctx, solve, n_weights, y, *tensors):
+        # the last n_weights tensors are network weights: leaves already, used by solve as they are
+        cut = len(tensors) - n_weights
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in (y, *tensors[:cut])]
+        with torch.enable_grad():
+            out = solve(leaves[0], leaves[1:])
+        ctx.out, ctx.leaves = out, leaves + list(tensors[cut:])
+        return out.detach()
 
     @staticmethod
     def backward(ctx, grad):
@@ -135,7 +149,11 @@ class _FirstOrderOnly(torch.autograd.Function):
             raise ModelError("gradient='adjoint' gives first derivatives only, and a second derivative through "
                              "the ODE solver was asked for (FO/FOCE/FOCE-I/Laplace linearise the predictions in η): "
                              "use gradient='backprop' for these estimators, or fit with VEM")
-        return grad
+        wanted = [leaf for leaf in ctx.leaves if leaf.requires_grad]
+        # retain_graph: the outer graph may be differentiated again (retain_graph=True there)
+        found = iter(torch.autograd.grad(ctx.out, wanted, grad, allow_unused=True, retain_graph=True) if wanted else ())
+        grads = [next(found) if leaf.requires_grad else None for leaf in ctx.leaves]
+        return (None, None, *grads)
 
 
 class NeuralODEModel(ODEModel):
@@ -215,29 +233,32 @@ class NeuralODEModel(ODEModel):
             raise IntegrationError(self._diagnose(y, t0, p, exc)) from exc
 
     def _advance_adjoint(self, y, t0, delta, infusion, p):
-        d = delta.unsqueeze(-1)
-
-        def field(s, state):
-            return d * (self.rhs(t0 + s * delta, state, p) + infusion)
-
-        candidates = list(self.networks.parameters()) + list(p.values()) + [t0, delta, infusion]
-        adjoint_params, seen = [], set()
-        for x in candidates:
-            if isinstance(x, torch.Tensor) and x.requires_grad and id(x) not in seen:
-                seen.add(id(x))
-                adjoint_params.append(x)
+        names = list(p)
+        nets = list(self.networks.parameters())
         method = self.method
         options = ({"max_num_steps": self.max_steps} if method in _ADAPTIVE else {"step_size": 1.0 / self.fixed_steps})
         grid = torch.tensor([0.0, 1.0], dtype=y.dtype, device=y.device)
+
+        def solve(y0, tensors):
+            t0_, delta_, infusion_ = tensors[:3]
+            p_ = dict(zip(names, tensors[3:3 + len(names)]))
+            d = delta_.unsqueeze(-1)
+
+            def field(s, state):
+                return d * (self.rhs(t0_ + s * delta_, state, p_) + infusion_)
+
+            adjoint_params = tuple(t for t in (*tensors, *nets) if t.requires_grad)   # all independent leaves
+            return odeint_adjoint(field, y0, grid, rtol=self.rtol, atol=self.atol, method=method, options=options,
+                                  adjoint_params=adjoint_params)[-1]
+
         try:
-            out = odeint_adjoint(field, y, grid, rtol=self.rtol, atol=self.atol, method=method, options=options,
-                                 adjoint_params=tuple(adjoint_params))[-1]
+            out = _AdjointSolve.apply(solve, len(nets), y, t0, delta, infusion, *(p[k] for k in names), *nets)
         except (AssertionError, RuntimeError) as exc:
             raise IntegrationError(f"{self.name}: the adjoint {method} solver failed ({exc}); check the parameters, "
                                    f"loosen rtol/atol, or raise max_steps") from exc
         if not bool(torch.isfinite(out).all()):
             raise IntegrationError(f"{self.name}: the solution became non-finite")
-        return _FirstOrderOnly.apply(out)
+        return out
 
     def _diagnose(self, y, t0, p, exc) -> str:
         """The failure's message, naming a non-finite right-hand side (e.g. a network's NaN) when there is one."""

@@ -54,7 +54,7 @@ def test_one_bolus_per_subject_and_dose_covariate():
     batch = pmxgen.datasets.load("pmxnode_example1").batch
     assert int(batch.doses.mask.sum()) == 20 and not bool((batch.doses.rate[batch.doses.mask] != 0).any())
     assert batch.covariate_names == ("DOSE",)
-    assert torch.equal(batch.baseline[:, 0], torch.as_tensor(doses["AMT"].to_numpy(), dtype=batch.dtype))
+    assert torch.equal(batch.baseline[:, 0], torch.as_tensor(doses["AMT"].to_numpy().copy(), dtype=batch.dtype))
 
 
 def test_round_trip_loses_nothing():
