@@ -14,14 +14,20 @@ of the R package pmxNODE). Two population models, both with proportional residua
 Compared: OFV, the number of parameters (network weights counted), AIC = −2LL + 2·k, and
 two figures per model: a VPC and the individual fits (written by :func:`figures`).
 
-Expected (asserted by ``tests/test_neural_ode_vignette.py``): both fits end with a finite
-OFV and a status that is not "failed"; the neural ODE, starting from flat curves, learns an
-elimination: its population prediction falls over the 24 hours at least as steeply as the
-one-compartment model's and its OFV is lower than the one-compartment model's. Its 32
-weights cost 64 AIC points, so the one-compartment model wins on AIC: on these data the
-neural ODE discovers a first-order elimination but does not find anything the mechanistic
-model lacks (in full mode the OFV difference printed by ``python vignettes/neural_ode.py``
-is about 10-15 points).
+Expected (asserted by ``tests/test_neural_ode_vignette.py`` on the quick mode: 40 pretraining
+and 20 FOCE-I iterations): the one-compartment fit converges; the neural fit ends with a finite
+OFV and a status that is not "failed" (capped: "max_iterations"); starting from flat curves,
+it has learned an elimination (median population prediction at the last sample below half the
+one at time 0); FOCE-I lowered its OFV from the pretrained start; and its 32 weights cost it
+the AIC comparison.
+
+Full mode (``python vignettes/neural_ode.py``, run 2026-12-03 on a loaded 2-core machine,
+205 CPU seconds): the neural ODE reaches OFV −85.8 after 500 FOCE-I iterations (still
+"max_iterations": the weights keep creeping), the one-compartment model −74.1 (converged,
+30 iterations); AIC 206.7 (36 parameters) against 156.5 (5 parameters). The neural ODE
+discovers a first-order-like elimination (PRED at 24 h / PRED at 0: 0.100 against 0.092)
+and fits 12 OFV points better, but nothing in these data needs more than the mechanistic
+model: the one-compartment model wins on AIC.
 
 Run: ``python vignettes/neural_ode.py [--quick] [--figures DIR]``.
 """
