@@ -21,7 +21,7 @@ from pmxgen.structural import NeuralODEModel, ODEModel, michaelis_menten_rhs, ml
 from pmxgen.structural.neural import linear_neural_elimination
 
 OBS_TIMES = (0.5, 2.0, 6.0, 12.0, 24.0)
-SOLVER = dict(rtol=1e-6, atol=1e-8)
+SOLVER = dict(rtol=1e-6, atol=1e-8, max_steps=500)   # extreme trial weights fail fast (penalised)
 
 
 def _design(n: int, start_id: int, seed: int):

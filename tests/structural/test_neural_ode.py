@@ -72,7 +72,7 @@ def test_network_reproducing_linear_elimination_matches_the_closed_form_for_ever
     ka = torch.tensor([1.2, 0.8, 2.0, 0.5], dtype=torch.float64, device=device)
     v = torch.tensor([20.0, 35.0, 10.0, 50.0], dtype=torch.float64, device=device)
     dose_params = {"ALAG1": torch.tensor(0.5, dtype=torch.float64), "F1": torch.tensor(0.7, dtype=torch.float64)}
-    neural = _oral_neural_elimination(k, **TIGHT).predict({"KA": ka, "V": v, **dose_params}, ds.batch)
+    neural = _oral_neural_elimination(k, **TIGHT).predict({"KA": ka, "V": v, **dose_params}, ds.batch).detach()
     exact = pmxgen.get_model("1cmt_oral").predict({"KA": ka, "CL": k * v, "V": v, **dose_params}, ds.batch)
     mask = ds.batch.obs.mask
     assert neural.device.type == device and neural.dtype == torch.float64
