@@ -7,7 +7,7 @@ Run from the repository root::
 
 ``--shared`` is the folder holding the source files (default ``../shared/data``
 relative to the repository root): ``r_Theoph.csv``, ``r_Indometh.csv``,
-``pheno.dta`` and ``moxo.csv``.  ``--output`` is the folder that receives one
+``pheno.dta``, ``moxo.csv`` and ``pmxnode_example1.csv``.  ``--output`` is the folder that receives one
 sub-folder per data set (default: this ``datasets/`` folder), each with
 ``<name>/<name>.csv``.  The READMEs next to the CSVs are written by hand and are
 not touched.
@@ -18,7 +18,7 @@ reproduces byte-identical files.  Numbers are written with :func:`fmt`: integral
 values without a decimal part, other floats with ``repr`` (the shortest string
 that reads back to the same double).  The NONMEM missing value is ``.``.
 
-Conventions shared by all four files (see each README for details):
+Conventions shared by all the files (see each README for details):
 
 * columns ``ID, TIME, DV, AMT, EVID, MDV, CMT`` first, then any dosing columns
   the data need (``SS, II`` for moxo), then covariates/other source columns;
@@ -211,11 +211,41 @@ def convert_moxo(shared: Path) -> tuple[list[str], list[dict]]:
     return columns, rows
 
 
+# ---------------------------------------------------------------------------
+# pmxnode_example1: example data 1 of the R package pmxNODE
+
+
+def convert_pmxnode_example1(shared: Path) -> tuple[list[str], list[dict]]:
+    header, src = read_csv_rows(shared / "pmxnode_example1.csv")
+    assert header == ["C", "ID", "TIME", "AMT", "DV", "DOSE", "EVID"], header
+    columns = ["ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "DOSE"]
+    rows: list[dict] = []
+    for lineno, r in enumerate(src, start=2):  # keep source row order
+        if r["C"].strip() != MISSING:
+            raise ValueError(f"pmxnode_example1.csv line {lineno}: comment column C is {r['C']!r}, not '.'")
+        evid = num(r["EVID"])
+        if evid == 1:
+            if r["DV"].strip() != MISSING:
+                raise ValueError(f"pmxnode_example1.csv line {lineno}: dose row with DV {r['DV']!r}")
+            out = dict(ID=num(r["ID"]), TIME=num(r["TIME"]), DV=MISSING, AMT=num(r["AMT"]), EVID=1, MDV=1,
+                       CMT=1)
+        elif evid == 0:
+            if r["AMT"].strip() != MISSING:
+                raise ValueError(f"pmxnode_example1.csv line {lineno}: observation row with AMT {r['AMT']!r}")
+            out = dict(ID=num(r["ID"]), TIME=num(r["TIME"]), DV=num(r["DV"]), AMT=0, EVID=0, MDV=0, CMT=1)
+        else:
+            raise ValueError(f"pmxnode_example1.csv line {lineno}: unexpected EVID {evid}")
+        out["DOSE"] = num(r["DOSE"])
+        rows.append(out)
+    return columns, rows
+
+
 CONVERTERS = {
     "theophylline": convert_theophylline,
     "indomethacin": convert_indomethacin,
     "pheno": convert_pheno,
     "moxo": convert_moxo,
+    "pmxnode_example1": convert_pmxnode_example1,
 }
 
 

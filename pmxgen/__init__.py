@@ -20,6 +20,7 @@ _EXPORTS = {
     "ConvergenceWarning": "pmxgen.errors",
     "get_model": "pmxgen.structural",
     "ODEModel": "pmxgen.structural",
+    "NeuralODEModel": "pmxgen.structural",
     "simulate_dataset": "pmxgen.simulation",
     "design_frame": "pmxgen.simulation",
     "NLMEModel": "pmxgen.models",

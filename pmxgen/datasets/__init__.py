@@ -33,7 +33,7 @@ __all__ = ["load", "path", "truth", "describe", "kind", "load_table", "baseline_
 # ``from pmxgen.datasets import *`` does not shadow the builtin ``list``.
 
 #: The real (not simulated) data sets.
-REAL: tuple[str, ...] = ("theophylline", "indomethacin", "pheno", "moxo")
+REAL: tuple[str, ...] = ("theophylline", "indomethacin", "pheno", "moxo", "pmxnode_example1")
 #: Covariate panels (one row per subject, no dose records): read with :func:`load_table`.
 TABLES: tuple[str, ...] = ("diabetes",)
 #: The baseline covariates :func:`baseline_covariates` takes by default from a NONMEM data set

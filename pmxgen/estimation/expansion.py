@@ -291,7 +291,10 @@ def expandable(model) -> bool:
     structural = getattr(model, "structural", None)
     return (isinstance(structural, StructuralModel) and not isinstance(structural, TaylorExpansion)
             and callable(getattr(model, "individual_parameters", None))
-            and callable(getattr(model, "with_structural", None)) and not getattr(model, "iov_names", ()))
+            and callable(getattr(model, "with_structural", None)) and not getattr(model, "iov_names", ())
+            # networks inside the structural model (a neural ODE): their weights act on the
+            # predictions directly, which an expansion in the individual parameters would drop
+            and not len(getattr(structural, "networks", ())))
 
 
 def expanded_model(model: PopulationModel, eta: torch.Tensor, values: PopulationValues, batch: SubjectBatch,

@@ -54,7 +54,8 @@ class NLMEModel(PopulationModel):
         Network weights that are population parameters (e.g. an MLP used inside
         ``individual``): estimators that support weights (FO…Laplace, VEM) optimise them with θ,
         Ω and σ; results report their count and norm and store them (safetensors). Held in
-        float64 in :attr:`networks`.
+        float64 in :attr:`networks`. The networks of a structural model that has them (a
+        :class:`~pmxgen.structural.NeuralODEModel`) are added automatically.
 
     Observations flagged BLQ in the data contribute P(y < LLOQ) (Beal's M3).
 
@@ -79,6 +80,11 @@ class NLMEModel(PopulationModel):
             raise ModelError(f"structural must be a StructuralModel (found {type(structural).__name__}); "
                              f"use pmxgen.get_model(name)")
         self.structural = structural
+        held = getattr(structural, "networks", None)     # e.g. a NeuralODEModel's: population parameters too
+        if isinstance(held, torch.nn.ModuleDict) and len(held):
+            given = (dict(networks.items()) if isinstance(networks, (Mapping, torch.nn.ModuleDict)) else
+                     {} if networks is None else {"network": networks})
+            networks = {**held, **given}
         self.networks = networks
         if isinstance(theta, Mapping):
             thetas = [Theta.from_spec(k, v) for k, v in theta.items()]

@@ -7,6 +7,7 @@ from .base import ResolvedDoses, StructuralModel, resolve_doses
 from .closed_form import (LinearCompartmentModel, OneCompartmentIV, OneCompartmentOral, ThreeCompartmentIV,
                           ThreeCompartmentOral, TwoCompartmentIV, TwoCompartmentOral)
 from .library import MODELS, get_model
+from .neural import NeuralODEModel, mlp
 from .ode import (ODEModel, indirect_response_rhs, linear_rhs, michaelis_menten_oral_rhs, michaelis_menten_rhs)
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "OneCompartmentIV", "OneCompartmentOral", "TwoCompartmentIV", "TwoCompartmentOral",
     "ThreeCompartmentIV", "ThreeCompartmentOral", "ODEModel", "linear_rhs", "michaelis_menten_rhs",
     "michaelis_menten_oral_rhs", "indirect_response_rhs", "MODELS", "get_model",
+    "NeuralODEModel", "mlp",
 ]
