@@ -104,13 +104,13 @@ def compare(quick: bool = False, results: dict | None = None) -> pd.DataFrame:
     obs = data.batch.obs
     last = obs.mask.sum(1) - 1
     for label, (model, fit, seconds) in results.items():
-        k = fit.n_estimated + fit.n_network_weights
+        k = fit.n_parameters
         pred = _population_curve(model, fit, data)
         first, final = pred[:, 0], pred[np.arange(data.n_subjects), last.numpy()]
         rows.append({"model": label, "status": fit.status, "ofv": fit.ofv, "ofv_start": fit.history[0]["ofv"],
                      "iterations": len(fit.history) - 1, "minus2ll": fit.minus2ll,
                      "n_named": fit.n_estimated, "n_weights": fit.n_network_weights, "n_parameters": k,
-                     "aic": fit.minus2ll + 2 * k,
+                     "aic": fit.aic,
                      # population prediction at the last sample / at the first (time 0), median over subjects
                      "pred_ratio_last_first": float(np.median(final / first)),
                      "seconds": seconds, **{f"est_{n}": v for n, v in fit.estimates.items()}})

@@ -136,16 +136,24 @@ class FitResult:
         return len(self.estimated_names)
 
     @property
+    def n_parameters(self) -> int:
+        """Named estimated parameters plus fitted network weights (the count AIC and BIC use)."""
+        return self.n_estimated + self.n_network_weights
+
+    @property
     def aic(self) -> float | None:
-        """AIC from the full −2LL (None when the fit has no −2LL; see ``unavailable``)."""
-        return None if self.minus2ll is None else self.minus2ll + 2 * self.n_estimated
+        """AIC from the full −2LL (None when the fit has no −2LL; see ``unavailable``).
+
+        Counts the named estimated parameters and every fitted network weight (they are population
+        parameters too)."""
+        return None if self.minus2ll is None else self.minus2ll + 2 * self.n_parameters
 
     @property
     def bic(self) -> float | None:
         """BIC from the full −2LL (log of the number of observations); None without a −2LL."""
         if self.minus2ll is None:
             return None
-        return self.minus2ll + self.n_estimated * math.log(max(self.n_observations, 1))
+        return self.minus2ll + self.n_parameters * math.log(max(self.n_observations, 1))
 
     @property
     def n_network_weights(self) -> int:

@@ -35,6 +35,9 @@ def test_weights_are_fitted_with_the_named_parameters_and_improve_the_fit(saved_
                        method="focei", covariance=None)
     assert fit.status == "converged" and fit.covariance_status == "ok"
     assert fit.n_network_weights == 13 and fit.network_weight_norm > 0.1      # moved from the zero last layer
+    # AIC and BIC count the weights as parameters
+    assert fit.n_parameters == fit.n_estimated + 13
+    assert fit.aic == pytest.approx(fit.minus2ll + 2 * fit.n_parameters)
     assert fit.ofv < plain.ofv - 1.0                                          # the WT effect helps (no penalty in OFV)
     assert np.isfinite([fit.se[n] for n in fit.estimated_names]).all()        # named parameters keep their SEs
     assert "13 network weights fitted" in " ".join(fit.messages)
