@@ -82,6 +82,9 @@ def integrate_unit_interval(field: Callable[[float, torch.Tensor], torch.Tensor]
     """
     y = y0
     k1 = field(0.0, y)
+    if not bool(torch.isfinite(k1).all()) or not bool(torch.isfinite(y).all()):
+        raise IntegrationError("the right-hand side or the state is not finite at the start of an interval; "
+                               "check the parameters (and any network in the right-hand side)")
     h = _initial_step(field, y, k1, rtol, atol)
     s = 0.0
     for _ in range(max_steps):

@@ -79,3 +79,10 @@ def test_ode_model_uses_it_and_matches_the_closed_form():
     mm_params = {"KA": params["KA"], "VM": params["CL"] * 10, "KM": params["KA"] * 5, "V": params["V"]}
     with pytest.raises(IntegrationError, match="dopri5 solver failed"):
         mm.predict(mm_params, batch)
+
+
+def test_an_infinite_right_hand_side_at_the_start_is_an_integration_error():
+    """An infinite derivative at s = 0 used to divide by zero in the starting-step choice."""
+    with pytest.raises(IntegrationError, match="not finite at the start"):
+        integrate_unit_interval(lambda s, y: y * float("inf"), torch.ones(2, 1, dtype=torch.float64),
+                                rtol=1e-6, atol=1e-8, max_steps=10)
