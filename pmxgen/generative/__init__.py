@@ -51,6 +51,9 @@ from .generator import (
 from .kernels import median_bandwidth, mmd2, multiscale_bandwidths
 from .tabular import ColumnSpec, TabularSchema, TabularTransform
 from .toy import TOY_DENSITIES, sample_toy, toy_entropy, toy_log_prob
+from .zuko_flows import RealNVPGenerator, SplineFlowGenerator
+from .residual_flow import ResidualFlowGenerator
+from .cnf import CNFGenerator
 from .score import (
     ContrastiveDivergence,
     DenoisingScoreMatching,
@@ -86,4 +89,6 @@ __all__ = ["Flow", "AffineFlow", "PlanarFlow", "RadialFlow", "AffineCouplingFlow
            # generators of virtual populations
            "Generator", "GENERATORS", "register_generator", "make_generator", "generator_names", "generator_class",
            "load_generator", "ColumnSpec", "TabularSchema", "TabularTransform", "mmd2", "median_bandwidth",
-           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy"]
+           "multiscale_bandwidths", "TOY_DENSITIES", "sample_toy", "toy_log_prob", "toy_entropy",
+           # normalizing flows and continuous normalizing flows as generators
+           "RealNVPGenerator", "SplineFlowGenerator", "ResidualFlowGenerator", "CNFGenerator"]

@@ -59,7 +59,7 @@ __all__ = ["Generator", "register_generator", "make_generator", "generator_names
 #: name → Generator subclass (filled by :func:`register_generator`).
 GENERATORS: dict[str, type["Generator"]] = {}
 
-_FAMILY_MODULES = ("baselines",)
+_FAMILY_MODULES = ("baselines", "zuko_flows", "residual_flow", "cnf")
 
 
 def register_generator(cls: type["Generator"]) -> type["Generator"]:
