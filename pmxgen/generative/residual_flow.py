@@ -340,13 +340,11 @@ class ResidualFlowGenerator(Generator):
         return -0.5 * (z ** 2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
 
     def _loss(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        grad = torch.is_grad_enabled()
-        mode = self.train_logdet if grad else "exact"
-        if not grad:
-            # held-out loss: the exact density (gradients are needed for the Jacobian, not kept)
+        if not torch.is_grad_enabled():
+            # the held-out loss: the exact density (the Jacobian needs gradients, which are not kept)
             z, logdet = self._flow(x, c, "exact")
-            return -(self._base_log_prob(z) + logdet).detach().mean()
-        z, logdet = self._flow(x, c, mode, create_graph=True)
+            return -(self._base_log_prob(z) + logdet).mean()
+        z, logdet = self._flow(x, c, self.train_logdet, create_graph=True)
         return -(self._base_log_prob(z) + logdet).mean()
 
     def _log_prob(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
