@@ -54,10 +54,11 @@ FAMILIES = tuple(SETTINGS)
 OUTPUT = Path(__file__).with_suffix(".json")
 
 
-def run(density: str, family: str, n_train: int, n_test: int) -> dict:
+def run(density: str, family: str, n_train: int, n_test: int, overrides: dict | None = None) -> dict:
+    settings = {**SETTINGS[family], **(overrides or {})}
     x = sample_toy(density, n_train, seed=0)
     x_test = sample_toy(density, n_test, seed=1)
-    gen = make_generator(family, seed=0, **SETTINGS[family])
+    gen = make_generator(family, seed=0, **settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gen.fit(x)
@@ -68,18 +69,19 @@ def run(density: str, family: str, n_train: int, n_test: int) -> dict:
             "se": float(nll[finite].std() / math.sqrt(int(finite.sum()))), "non_finite": int((~finite).sum()),
             "entropy": entropy, "excess": None if entropy is None else float(nll[finite].mean()) - entropy,
             "fit_seconds": round(gen.fit_time_, 1), "epochs": len(gen.history_), "status": gen.status_,
-            "n_train": n_train, "n_test": n_test, "settings": SETTINGS[family]}
+            "n_train": n_train, "n_test": n_test, "settings": settings}
 
 
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     lines = [f"{'density':<13} {'family':<14} {'NLL':>7} {'± SE':>6} {'entropy':>8} {'NLL-H':>7} "
-             f"{'fit s':>7} {'epochs':>6}  status"]
+             f"{'fit s':>7} {'epochs':>6}  status, settings changed from SETTINGS"]
     for r in rows:
         ent = "" if r["entropy"] is None else f"{r['entropy']:.4f}"
         exc = "" if r["excess"] is None else f"{r['excess']:+.3f}"
         lines.append(f"{r['density']:<13} {r['family']:<14} {r['nll']:7.4f} {r['se']:6.4f} {ent:>8} {exc:>7} "
-                     f"{r['fit_seconds']:7.1f} {r['epochs']:6d}  {r['status']}")
+                     f"{r['fit_seconds']:7.1f} {r['epochs']:6d}  {r['status']}"
+                     + "".join(f" {k}={v}" for k, v in r["settings"].items() if SETTINGS[r["family"]].get(k) != v))
     return "\n".join(lines)
 
 
@@ -92,17 +94,20 @@ def main(argv=None) -> int:
     parser.add_argument("--test", type=int, default=10_000)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--table", action="store_true", help="print the recorded results and stop")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
+                        help="override a setting of the family, e.g. --set max_epochs=80 (recorded with the result)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.table:
         print(table(args.output))
         return 0
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     densities = ("checkerboard", "8gaussians", "moons", "2spirals") if args.all or not args.density else (args.density,)
     families = FAMILIES if args.all or not args.family else (args.family,)
     for density in densities:
         for family in families:
             started = time.perf_counter()
-            result = run(density, family, args.train, args.test)
+            result = run(density, family, args.train, args.test, overrides)
             with args.output.open("a") as handle:
                 handle.write(json.dumps(result) + "\n")
             print(f"{density:<13} {family:<14} NLL {result['nll']:.4f} ± {result['se']:.4f}"
