@@ -39,8 +39,11 @@ def _random_generator(dim=2, cond_dim=0, seed=0, **kw):
     return gen
 
 
-def test_hutchinson_divergence_is_unbiased():
-    field = VelocityField(3, 0, [16, 16])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hutchinson_divergence_is_unbiased(seed):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        field = VelocityField(3, 0, [16, 16])
     z = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     t = torch.tensor(0.4, dtype=torch.float64)
     out = field(t, z)
