@@ -61,6 +61,9 @@ from .comparison import GeneratorComparison, baseline_check, compare_generators
 from .tabular import ColumnSpec, TabularSchema, TabularTransform
 from .vpop import GeneratedPopulation, generate_population, read_covariates
 from .toy import TOY_DENSITIES, sample_toy, toy_entropy, toy_log_prob
+from .zuko_flows import RealNVPGenerator, SplineFlowGenerator
+from .residual_flow import ResidualFlowGenerator
+from .cnf import CNFGenerator
 from .score import (
     ContrastiveDivergence,
     DenoisingScoreMatching,
@@ -115,3 +118,6 @@ from .bsde import BSDEGenerator  # noqa: E402
 from .vae import TabularVAEGenerator  # noqa: E402
 
 __all__ += ["GANGenerator", "WGANGPGenerator", "gradient_penalty", "BSDEGenerator", "TabularVAEGenerator"]
+
+# normalizing flows and continuous normalizing flows as generators (.zuko_flows, .residual_flow, .cnf)
+__all__ += ["RealNVPGenerator", "SplineFlowGenerator", "ResidualFlowGenerator", "CNFGenerator"]

@@ -59,7 +59,8 @@ __all__ = ["Generator", "register_generator", "make_generator", "generator_names
 #: name → Generator subclass (filled by :func:`register_generator`).
 GENERATORS: dict[str, type["Generator"]] = {}
 
-_FAMILY_MODULES = ("baselines", "copula", "ddpm", "score_sde", "flow_matching", "ebm", "gan", "bsde", "vae")
+_FAMILY_MODULES = ("baselines", "copula", "ddpm", "score_sde", "flow_matching", "ebm", "gan", "bsde", "vae",
+                  "zuko_flows", "residual_flow", "cnf")
 
 
 def register_generator(cls: type["Generator"]) -> type["Generator"]:
