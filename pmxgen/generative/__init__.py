@@ -7,7 +7,14 @@ subject), used as flexible per-subject distributions such as variational posteri
 (``fit``/``sample``/``log_prob``/``save``/``load``) over mixed tabular data
 (:mod:`pmxgen.generative.tabular`), a registry (:func:`make_generator`), the multivariate normal
 baseline (:mod:`pmxgen.generative.baselines`), 2-D toy densities (:mod:`pmxgen.generative.toy`)
-and kernel two-sample statistics (:mod:`pmxgen.generative.kernels`).
+and kernel two-sample statistics (:mod:`pmxgen.generative.kernels`). Families, one module each:
+Gaussian copula (``copula``), RealNVP and spline flows (``zuko_flows``), residual flows
+(``residual_flow``), FFJORD CNF (``cnf``), DDPM (``ddpm``), VP/VE score SDEs (``score_sde``), flow
+matching with independent or OT coupling (``flow_matching``), energy-based model with annealed
+Langevin (``ebm``), GAN and WGAN-GP (``gan``), BSDE generator (``bsde``), tabular VAE (``vae``).
+Sample-based evaluation in :mod:`pmxgen.generative.metrics` and :mod:`pmxgen.generative.two_sample`,
+comparison of families in :mod:`pmxgen.generative.comparison`, virtual populations end to end in
+:mod:`pmxgen.generative.vpop`.
 
 :mod:`pmxgen.generative.score`: score matching (explicit, sliced, denoising, noise-conditional),
 energy-based models (Gaussian energy, energy and score networks) fitted by score matching,
@@ -64,6 +71,9 @@ from .toy import TOY_DENSITIES, sample_toy, toy_entropy, toy_log_prob
 from .zuko_flows import RealNVPGenerator, SplineFlowGenerator
 from .residual_flow import ResidualFlowGenerator
 from .cnf import CNFGenerator
+from .gan import GANGenerator, WGANGPGenerator, gradient_penalty
+from .bsde import BSDEGenerator
+from .vae import TabularVAEGenerator
 from .score import (
     ContrastiveDivergence,
     DenoisingScoreMatching,
@@ -112,11 +122,8 @@ __all__ += ["GaussianCopulaGenerator", "generate_population", "read_covariates",
 
 # diffusion, score SDE, flow matching, EBM generators
 __all__ += ["DDPMGenerator", "ScoreSDEGenerator", "FlowMatchingGenerator", "EnergyBasedGenerator"]
-# GAN, WGAN-GP, BSDE generator and tabular VAE (pmxgen.generative.gan, .bsde, .vae)
-from .gan import GANGenerator, WGANGPGenerator, gradient_penalty  # noqa: E402
-from .bsde import BSDEGenerator  # noqa: E402
-from .vae import TabularVAEGenerator  # noqa: E402
 
+# GAN, WGAN-GP, BSDE generator and tabular VAE (pmxgen.generative.gan, .bsde, .vae)
 __all__ += ["GANGenerator", "WGANGPGenerator", "gradient_penalty", "BSDEGenerator", "TabularVAEGenerator"]
 
 # normalizing flows and continuous normalizing flows as generators (.zuko_flows, .residual_flow, .cnf)
