@@ -18,7 +18,8 @@ import pmxgen
 import pmxgen.structural  # noqa: F401  (import at collection: torchdiffeq/scipy take ~1 s)
 
 DATASETS_DIR = Path(__file__).resolve().parents[2] / "datasets"
-BUNDLED = sorted(DATASETS_DIR.glob("*/*.csv"))
+#: NONMEM event tables only (covariate panels such as diabetes are read by pmxgen.datasets.load_table)
+BUNDLED = sorted(p for p in DATASETS_DIR.glob("*/*.csv") if pmxgen.datasets.kind(p.parent.name) == "nonmem")
 NAN = float("nan")
 
 
