@@ -282,3 +282,15 @@ def test_record_order_at_a_bolus_time_in_the_filter_and_the_elbo():
     assert lp.tolist() == pytest.approx([at_mean] * 4, abs=2e-3)        # depot exp(-(t-1)) = 0.3679 at t = 2
     terms = model.elbo(data, n_samples=2)
     assert float(terms.log_likelihood.detach()) == pytest.approx(4 * at_mean, abs=5e-3)
+
+
+def test_one_step_ahead_diagnostic_uses_the_particle_filter_of_a_latent_sde():
+    """pmxgen.one_step_ahead dispatches to the model's particle filter: per-observation terms whose sum
+    is the exact Kalman log p(y) of the OU model within Monte Carlo error."""
+    times, ys = SUBJECTS[1]
+    data = dataset({1: (times, ys)})
+    osa = pmxgen.one_step_ahead(ou_model(0.3), data, n_samples=3000, seed=0)
+    assert list(osa.table["TIME"]) == times and osa.table["OSA_LOGLIK"].notna().all()
+    exact = ou_kalman(times, ys, A, S, 0.3)
+    np.testing.assert_allclose(osa.table["OSA_LOGLIK"].to_numpy(), exact, atol=0.05)
+    assert osa.total == pytest.approx(float(exact.sum()), abs=0.1)
