@@ -258,8 +258,12 @@ class ScoreSDEGenerator(Generator):
         "silu", "tanh", "softplus" or "gelu".
     time_features : int
         Sinusoid frequencies of the time input.
-    sampler : {"ode", "sde"}
-        Probability-flow ODE (``ode_method``) or reverse SDE (Euler–Maruyama, ``n_steps``).
+    sampler : {"sde", "ode"}
+        Reverse SDE (Euler–Maruyama, ``n_steps``; the default) or probability-flow ODE (``ode_method``).
+        The reverse SDE is the default because it is robust where the learnt score is poor: on the
+        diabetes panel (309 training rows) 15 % of probability-flow ODE samples ended beyond 6 SD of the
+        standardised data, against 0.35 % of reverse-SDE samples
+        (``benchmarks/gen_diabetes_comparison.py``). ``log_prob`` always uses the ODE.
     n_steps : int
         Reverse-SDE steps (also the steps of a fixed-step ``ode_method``).
     ode_method : str
@@ -293,7 +297,7 @@ class ScoreSDEGenerator(Generator):
 
     def __init__(self, *, sde: str = "vp", beta_min: float = 0.1, beta_max: float = 20.0, sigma_min: float = 0.01,
                  sigma_max: float = 10.0, t_min: float = 1e-5, hidden: Sequence[int] = (128, 128, 128),
-                 activation: str = "silu", time_features: int = 4, sampler: str = "ode", n_steps: int = 500,
+                 activation: str = "silu", time_features: int = 4, sampler: str = "sde", n_steps: int = 500,
                  ode_method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, trace: str = "auto",
                  time_sampling: str = "log_noise", **common) -> None:
         super().__init__(**common)
