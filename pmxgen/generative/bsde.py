@@ -55,19 +55,10 @@ from torch import nn
 
 from ..errors import ModelError
 from .generator import Generator, register_generator, train_minibatches
+from ._mlp import mlp
 from .kernels import mmd2, multiscale_bandwidths
 
 __all__ = ["BSDEGenerator"]
-
-
-def _mlp(n_in: int, hidden: int, layers: int, n_out: int) -> nn.Sequential:
-    blocks: list[nn.Module] = []
-    width = n_in
-    for _ in range(layers):
-        blocks += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    blocks.append(nn.Linear(width, n_out))
-    return nn.Sequential(*blocks)
 
 
 def _join(*parts: torch.Tensor | None) -> torch.Tensor:
@@ -79,8 +70,8 @@ class _BSDENetwork(nn.Module):
 
     def __init__(self, dim: int, cond_dim: int, noise_dim: int, hidden: int, layers: int, driver: bool) -> None:
         super().__init__()
-        self.z = _mlp(1 + dim + cond_dim, hidden, layers, dim * noise_dim)
-        self.driver = _mlp(1 + dim + dim * noise_dim + cond_dim, hidden, layers, dim) if driver else None
+        self.z = mlp(1 + dim + cond_dim, hidden, layers, dim * noise_dim)
+        self.driver = mlp(1 + dim + dim * noise_dim + cond_dim, hidden, layers, dim) if driver else None
 
 
 @register_generator

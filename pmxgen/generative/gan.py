@@ -55,19 +55,10 @@ from torch import nn
 
 from ..errors import ModelError
 from .generator import Generator, register_generator
+from ._mlp import mlp
 from .kernels import mmd2, multiscale_bandwidths
 
 __all__ = ["AdversarialGenerator", "GANGenerator", "WGANGPGenerator", "gradient_penalty"]
-
-
-def _mlp(n_in: int, hidden: int, layers: int, n_out: int, activation: type[nn.Module]) -> nn.Sequential:
-    blocks: list[nn.Module] = []
-    width = n_in
-    for _ in range(layers):
-        blocks += [nn.Linear(width, hidden), activation()]
-        width = hidden
-    blocks.append(nn.Linear(width, n_out))
-    return nn.Sequential(*blocks)
 
 
 def _join(x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -79,8 +70,8 @@ class _AdversarialNetwork(nn.Module):
 
     def __init__(self, dim: int, cond_dim: int, latent_dim: int, hidden: int, layers: int) -> None:
         super().__init__()
-        self.generator = _mlp(latent_dim + cond_dim, hidden, layers, dim, nn.SiLU)
-        self.critic = _mlp(dim + cond_dim, hidden, layers, 1, lambda: nn.LeakyReLU(0.2))
+        self.generator = mlp(latent_dim + cond_dim, hidden, layers, dim, nn.SiLU)
+        self.critic = mlp(dim + cond_dim, hidden, layers, 1, lambda: nn.LeakyReLU(0.2))
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None = None, *,

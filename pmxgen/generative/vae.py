@@ -39,21 +39,12 @@ from torch import nn
 
 from ..errors import ModelError
 from .generator import Generator, register_generator, train_minibatches
+from ._mlp import mlp
 from .tabular import as_frame
 
 __all__ = ["TabularVAEGenerator"]
 
 _LOG_2PI = math.log(2 * math.pi)
-
-
-def _mlp(n_in: int, hidden: int, layers: int, n_out: int) -> nn.Sequential:
-    blocks: list[nn.Module] = []
-    width = n_in
-    for _ in range(layers):
-        blocks += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    blocks.append(nn.Linear(width, n_out))
-    return nn.Sequential(*blocks)
 
 
 def _join(x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -64,9 +55,9 @@ class _VAENetwork(nn.Module):
     def __init__(self, dim: int, cond_dim: int, latent_dim: int, hidden: int, layers: int, linear_decoder: bool,
                  variance_network: bool, init_log_var: float) -> None:
         super().__init__()
-        self.encoder = _mlp(dim + cond_dim, hidden, layers, 2 * latent_dim)
+        self.encoder = mlp(dim + cond_dim, hidden, layers, 2 * latent_dim)
         out = dim * (2 if variance_network else 1)
-        self.decoder = _mlp(latent_dim + cond_dim, hidden, 0 if linear_decoder else layers, out)
+        self.decoder = mlp(latent_dim + cond_dim, hidden, 0 if linear_decoder else layers, out)
         self.log_var = None if variance_network else nn.Parameter(torch.full((dim,), init_log_var,
                                                                               dtype=torch.float64))
         if variance_network:
