@@ -314,6 +314,12 @@ class Generator:
         if not self.tractable_log_prob:
             raise ModelError(f"{type(self).__name__} has no tractable log density; compare it by sample-based "
                              f"metrics (pmxgen.generative.metrics)")
+        x, c, logdet = self._encode_rows(data, conditions)
+        with torch.no_grad():
+            return self._log_prob(x, c) + logdet
+
+    def _encode_rows(self, data, conditions=None):
+        """Rows in data units → ``(x, c, log|d encode/d data|)`` on the generator's device (for densities)."""
         frame, _ = as_frame(data)
         if not self._fitted_on_frame:
             frame.columns = list(self.transform_.modelled)
@@ -322,8 +328,7 @@ class Generator:
         if conditions is None and self.transform_.conditions:
             conditions = frame[list(self.transform_.conditions)]
         c = self.transform_.encode_conditions(conditions, len(frame), device=self.torch_device)
-        with torch.no_grad():
-            return self._log_prob(x, c) + logdet
+        return x, c, logdet
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -40,7 +40,6 @@ from torch import nn
 from ..errors import ModelError
 from .generator import Generator, register_generator, train_minibatches
 from ._mlp import mlp
-from .tabular import as_frame
 
 __all__ = ["TabularVAEGenerator"]
 
@@ -170,15 +169,7 @@ class TabularVAEGenerator(Generator):
     # -- density bounds in data units -----------------------------------------------------------
     def _encoded(self, data, conditions):
         self._check_fitted()
-        frame, _ = as_frame(data)
-        if not self._fitted_on_frame:
-            frame.columns = list(self.transform_.modelled)
-        logdet = self.transform_.log_abs_det_jacobian(frame).to(self.torch_device)
-        x = self.transform_.encode(frame, device=self.torch_device)
-        if conditions is None and self.transform_.conditions:
-            conditions = frame[list(self.transform_.conditions)]
-        c = self.transform_.encode_conditions(conditions, len(frame), device=self.torch_device)
-        return x, c, logdet
+        return self._encode_rows(data, conditions)
 
     def elbo(self, data, conditions=None, *, n_samples: int = 100, seed: int = 0) -> torch.Tensor:
         """Evidence lower bound ``[n]`` of each row in the data's units (a lower bound of ``log p``).
